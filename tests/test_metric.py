@@ -1,0 +1,156 @@
+"""Tests of fskd.evaluation.metric.VerificationMetric (single process and 2-process gloo DDP)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fskd.evaluation.metric import VerificationMetric
+from fskd.evaluation.verification import evaluate_pairs
+
+SCRIPT = Path(__file__).with_name("ddp_metric_script.py")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_set(pairs: int = 60, dim: int = 8, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    issame = torch.rand(pairs, generator=generator) < 0.5
+    base = torch.randn(pairs, dim, generator=generator)
+    embeddings = torch.randn(2 * pairs, dim, generator=generator)
+    embeddings[0::2] += 1.5 * base
+    embeddings[1::2] += 1.5 * base * issame[:, None]
+    flipped = embeddings + 0.5 * torch.randn(embeddings.shape, generator=generator)
+    return embeddings, flipped, issame.numpy()
+
+
+def expected_values(embeddings, flipped, issame, protocols=("fskd", "insightface"), folds=10):
+    results = evaluate_pairs(embeddings.numpy(), flipped.numpy(), issame, protocols, folds)
+    values = {}
+    for position, protocol in enumerate(protocols):
+        prefix = "" if position == 0 else f"{protocol}_"
+        values[f"{prefix}acc"], values[f"{prefix}acc_std"] = results[protocol]
+    return values
+
+
+def as_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {name: value.item() for name, value in values.items()}
+
+
+def test_shuffled_batches_with_duplicates_equal_evaluate_pairs():
+    embeddings, flipped, issame = make_set()
+    order = torch.randperm(embeddings.shape[0], generator=torch.Generator().manual_seed(1))
+    order = torch.cat((order, order[:7]))  # padding-style repeats of some indices
+    metric = VerificationMetric(issame)
+    for batch in order.split(16):
+        metric.update(batch, embeddings[batch], flipped[batch])
+    values = metric.compute()
+    assert set(values) == {"acc", "acc_std", "insightface_acc", "insightface_acc_std"}
+    assert all(value.dtype == torch.float64 and value.ndim == 0 for value in values.values())
+    expected = expected_values(embeddings, flipped, issame)
+    assert as_floats(values) == expected
+    assert 0.6 < expected["acc"] < 1.0 and 0.6 < expected["insightface_acc"] < 1.0
+
+
+def test_first_protocol_gets_the_plain_names():
+    embeddings, flipped, issame = make_set(seed=3)
+    metric = VerificationMetric(issame, protocols=("insightface", "fskd"))
+    metric.update(torch.arange(embeddings.shape[0]), embeddings, flipped)
+    expected = expected_values(embeddings, flipped, issame, protocols=("insightface", "fskd"))
+    assert set(expected) == {"acc", "acc_std", "fskd_acc", "fskd_acc_std"}
+    assert as_floats(metric.compute()) == expected
+
+
+def test_reset_and_reuse():
+    embeddings, flipped, issame = make_set(seed=2)
+    metric = VerificationMetric(issame, protocols=("fskd",))
+    metric.update(torch.arange(embeddings.shape[0]), embeddings, flipped)
+    first = as_floats(metric.compute())
+    metric.reset()
+    with warnings.catch_warnings(), pytest.raises(RuntimeError, match="before any update"):
+        warnings.simplefilter("ignore")  # torchmetrics warns about compute() before update()
+        metric.compute()
+    metric.update(torch.arange(embeddings.shape[0]).flip(0), embeddings.flip(0), flipped.flip(0))
+    assert as_floats(metric.compute()) == first == expected_values(embeddings, flipped, issame, ("fskd",))
+
+
+def test_missing_and_out_of_range_indices_raise():
+    embeddings, flipped, issame = make_set()
+    metric = VerificationMetric(issame)
+    keep = torch.tensor([index for index in range(120) if index not in (5, 77)])
+    metric.update(keep, embeddings[keep], flipped[keep])
+    with pytest.raises(
+        RuntimeError, match=r"2 of 120 verification images are missing \(e\.g\. indices \[5, 77\]\)"
+    ):
+        metric.compute()
+    metric = VerificationMetric(issame)
+    metric.update(torch.arange(120), embeddings, flipped)
+    metric.update(torch.tensor([120]), embeddings[:1], flipped[:1])
+    with pytest.raises(RuntimeError, match=r"1 image indices lie outside 0\.\.119"):
+        metric.compute()
+
+
+def test_constructor_and_update_validation():
+    issame = np.zeros(60, dtype=bool)
+    with pytest.raises(ValueError, match=r"number of pairs \(55\) must be a positive multiple of folds"):
+        VerificationMetric(issame[:55])
+    with pytest.raises(ValueError, match="unknown verification protocol"):
+        VerificationMetric(issame, protocols=("fskd", "lfw"))
+    metric = VerificationMetric(issame)
+    embeddings = torch.zeros(4, 8)
+    with pytest.raises(ValueError, match="1-D integer tensor"):
+        metric.update(torch.zeros(4), embeddings, embeddings)
+    with pytest.raises(ValueError, match="same shape"):
+        metric.update(torch.arange(4), embeddings, embeddings[:, :4])
+    with pytest.raises(ValueError, match="4 indices but 3 embeddings"):
+        metric.update(torch.arange(4), embeddings[:3], embeddings[:3])
+
+
+def test_half_precision_inputs_are_stored_as_float32():
+    embeddings, flipped, issame = make_set(seed=4)
+    metric = VerificationMetric(issame)
+    metric.update(torch.arange(120), embeddings.half(), flipped.half())
+    assert metric.embeddings[0].dtype == torch.float32
+    assert as_floats(metric.compute()) == expected_values(
+        embeddings.half().float(), flipped.half().float(), issame
+    )
+
+
+def _load_script_module():
+    spec = importlib.util.spec_from_file_location("ddp_metric_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_two_process_gloo_gives_identical_values_on_both_ranks(tmp_path):
+    script = _load_script_module()
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    records = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+
+    # DistributedSampler(shuffle=False) sharding with padding: rank r gets r, r+2, ...; rank 1 repeats pair 0
+    num_pairs = script.NUM_PAIRS
+    assert records[0]["pair_indices"] == list(range(0, num_pairs, 2))
+    assert records[1]["pair_indices"] == list(range(1, num_pairs, 2)) + [0]
+    # each rank alone misses the other rank's images, so the synced result really combined both ranks
+    for record in records:
+        assert "verification images are missing" in record["local_error"]
+
+    embeddings, flipped, issame = script.make_data()
+    expected = expected_values(embeddings, flipped, np.asarray(issame), folds=script.FOLDS)
+    assert records[0]["values"] == expected
+    assert records[1]["values"] == expected
