@@ -1,0 +1,169 @@
+"""Write every experiment config of the paper grid from one recipe, so the grid cannot drift apart.
+
+    python configs/generate.py          # rewrite the YAML files
+    python configs/generate.py --check  # exit 1 if a file differs from what this script writes
+
+The recipe is the authors' paper-era one (fskd-method.md section 3): iResNet-50 (plain IR, GAP embedding),
+CosFace s=30 m=0.25, SGD lr 0.1 momentum 0.9 Nesterov wd 5e-4, batch 256, 47,000 iterations with the learning
+rate divided by 10 at 18k/28k/36k/44k, horizontal flip only, nearest/nearest degradation, evaluation on AgeDB-30,
+LFW and CFP-FP at 112/56/28/14 px.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+RESOLUTIONS = ("14", "28", "56", "multi")
+STUDENT_METHODS = ("fskd", "askd", "fitnet", "at", "rkd")
+CASIA_ROOT = "data/faces_webface_112x112"
+TEACHER_CKPT = "runs/teacher/casia_ir50/checkpoints/last.ckpt"
+CBAM_TEACHER_CKPT = "runs/teacher/casia_ir50_cbam/checkpoints/last.ckpt"
+
+
+def _loggers(name: str) -> list[dict]:
+    return [
+        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": name}},
+        # Its own sub-folder, so the two loggers never pick different version numbers.
+        {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+         "init_args": {"save_dir": "runs", "name": f"{name}/tensorboard"}},
+    ]
+
+
+def casia_config(name: str, system: str, model: dict, train_resolution: int | str) -> dict:
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "auto",
+            "devices": 1,
+            "precision": "bf16-mixed",
+            "max_steps": 47000,
+            "max_epochs": -1,
+            # 10 validations, the last one on the final weights (all sets at all resolutions).
+            "val_check_interval": 4700,
+            "check_val_every_n_epoch": None,
+            "log_every_n_steps": 50,
+            "logger": _loggers(name),
+        },
+        "model": {
+            "class_path": f"fskd.systems.{system}",
+            "init_args": {
+                "backbone": "iresnet50", "mode": "ir", "neck": "gap", "embedding_size": 512,
+                "head": "cosface", "head_kwargs": {"s": 30.0, "m": 0.25},
+                "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5.0e-4,
+                "milestones": [18000, 28000, 36000, 44000], "gamma": 0.1,
+                **model,
+            },
+        },
+        "data": {
+            "root": CASIA_ROOT,
+            "batch_size": 256,
+            "num_workers": 8,
+            "train_resolution": train_resolution,
+            "train_interpolation": "nearest",
+            "val_sets": ["agedb_30", "lfw", "cfp_fp"],
+            "val_resolutions": [112, 56, 28, 14],
+            "val_interpolation": "nearest",
+        },
+        "checkpoint": {"dirpath": f"runs/{name}/checkpoints", "save_last": True, "every_n_train_steps": 2000},
+    }
+
+
+def tiny_config(name: str, system: str, model: dict, train_resolution: int | str, max_steps: int) -> dict:
+    """CPU-sized version on the synthetic faces of ``fskd synth --out data/synth``."""
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "precision": "32-true",
+            "max_steps": max_steps,
+            "max_epochs": -1,
+            "val_check_interval": max_steps // 2,
+            "check_val_every_n_epoch": None,
+            "log_every_n_steps": 5,
+            "logger": _loggers(name),
+        },
+        "model": {
+            "class_path": f"fskd.systems.{system}",
+            "init_args": {
+                "backbone": "iresnet18", "mode": "ir", "neck": "gap", "width": 0.25, "embedding_size": 128,
+                "head": "cosface", "head_kwargs": {"s": 30.0, "m": 0.25},
+                "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5.0e-4,
+                "milestones": [int(max_steps * 0.6), int(max_steps * 0.85)], "gamma": 0.1,
+                **model,
+            },
+        },
+        "data": {
+            "root": "data/synth",
+            "batch_size": 64,
+            "num_workers": 2,
+            "train_resolution": train_resolution,
+            "train_interpolation": "nearest",
+            "val_resolutions": [112, 14],
+            "val_interpolation": "nearest",
+            "val_batch_size": 100,
+        },
+        "checkpoint": {"dirpath": f"runs/{name}/checkpoints", "save_last": True},
+    }
+
+
+def student_model(method: str) -> dict:
+    model = {"distill": method, "teacher_ckpt": TEACHER_CKPT}
+    if method == "askd":
+        # A-SKD distils CBAM attention maps: CBAM teacher and student.
+        model.update(mode="cbam", teacher_ckpt=CBAM_TEACHER_CKPT)
+    return model
+
+
+def all_configs() -> dict[str, dict]:
+    configs: dict[str, dict] = {}
+    configs["teacher/casia_ir50.yaml"] = casia_config("teacher/casia_ir50", "TeacherModule", {}, 112)
+    configs["teacher/casia_ir50_cbam.yaml"] = casia_config("teacher/casia_ir50_cbam", "TeacherModule",
+                                                           {"mode": "cbam"}, 112)
+    for resolution in RESOLUTIONS:
+        name = f"baseline/casia_ir50_{resolution}"
+        configs[f"{name}.yaml"] = casia_config(name, "TeacherModule", {}, _policy(resolution))
+        for method in STUDENT_METHODS:
+            name = f"student/casia_ir50_{method}_{resolution}"
+            configs[f"{name}.yaml"] = casia_config(name, "DistillModule", student_model(method), _policy(resolution))
+    configs["synthetic/teacher_tiny.yaml"] = tiny_config("synthetic/teacher_tiny", "TeacherModule", {}, 112, 120)
+    configs["synthetic/baseline_tiny_14.yaml"] = tiny_config("synthetic/baseline_tiny_14", "TeacherModule", {},
+                                                             14, 120)
+    configs["synthetic/student_tiny_fskd_14.yaml"] = tiny_config(
+        "synthetic/student_tiny_fskd_14", "DistillModule",
+        {"distill": "fskd", "teacher_ckpt": "runs/synthetic/teacher_tiny/checkpoints/last.ckpt"}, 14, 120)
+    return configs
+
+
+def _policy(resolution: str) -> int | str:
+    return int(resolution) if resolution.isdigit() else resolution
+
+
+def render(config: dict) -> str:
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=110)
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    stale = []
+    for relative, config in all_configs().items():
+        path = HERE / relative
+        text = "# Generated by configs/generate.py; edit the recipe there.\n" + render(config)
+        if check:
+            if not path.is_file() or path.read_text() != text:
+                stale.append(relative)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    if stale:
+        print("stale configs (run python configs/generate.py):", *stale, sep="\n  ")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

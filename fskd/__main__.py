@@ -1,0 +1,5 @@
+import sys
+
+from fskd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,6 @@
+"""LightningModules composing backbones, heads, losses and evaluation."""
+
+from fskd.systems.base import FaceRecognitionModule
+from fskd.systems.teacher import TeacherModule
+
+__all__ = ["FaceRecognitionModule", "TeacherModule"]
