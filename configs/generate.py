@@ -79,7 +79,7 @@ def tiny_config(name: str, system: str, model: dict, train_resolution: int | str
         "trainer": {
             "accelerator": "cpu",
             "devices": 1,
-            "precision": "32-true",
+            "precision": "bf16-mixed",
             "max_steps": max_steps,
             "max_epochs": -1,
             "val_check_interval": max_steps // 2,

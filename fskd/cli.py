@@ -52,7 +52,14 @@ def _prepare(argv: Sequence[str]) -> int:
     return 0
 
 
-TOOLS: dict[str, Callable[[Sequence[str]], int]] = {"synth": _synth, "prepare": _prepare}
+TOOLS: dict[str, Callable[[Sequence[str]], int]] = {
+    "synth": _synth,
+    "prepare": _prepare,
+    # Imported on use (fskd.tools): identification, deployment export, a synthetic TinyFace-layout folder.
+    "identify": lambda argv: __import__("fskd.tools", fromlist=["x"]).identify_main(argv),
+    "export": lambda argv: __import__("fskd.tools", fromlist=["x"]).export_main(argv),
+    "synth-tinyface": lambda argv: __import__("fskd.tools", fromlist=["x"]).synth_tinyface_main(argv),
+}
 
 
 def lightning_main(argv: Sequence[str] | None = None, run: bool = True):
@@ -63,12 +70,14 @@ def lightning_main(argv: Sequence[str] | None = None, run: bool = True):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    given = argv
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in TOOLS:
         return TOOLS[argv[0]](argv[1:])
     if argv and argv[0] in ("-h", "--help"):
         print(TOOLS_HELP)
-    lightning_main(argv)
+    # LightningCLI reads sys.argv itself when called from the shell (it warns when given both).
+    lightning_main(given)
     return 0
 
 

@@ -47,7 +47,13 @@ class FskdCLI(LightningCLI):
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         torch.set_float32_matmul_precision(config.get("matmul_precision", "highest"))
         trainer = config.get("trainer")
-        if trainer is not None and trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
-            # `--trainer.enable_progress_bar false` should just work, not clash with the default rich bar.
+        if trainer is not None and trainer.get("callbacks"):
+            # `--trainer.enable_progress_bar false` / `--trainer.logger false` should just work, not clash with the
+            # default rich bar and learning-rate monitor.
+            drop = []
+            if trainer.get("enable_progress_bar") is False:
+                drop.append("ProgressBar")
+            if trainer.get("logger") is False:
+                drop.append("LearningRateMonitor")
             trainer["callbacks"] = [c for c in trainer["callbacks"]
-                                    if not str(getattr(c, "class_path", "")).endswith("ProgressBar")]
+                                    if not any(str(getattr(c, "class_path", "")).endswith(d) for d in drop)]

@@ -6,9 +6,17 @@ import os
 
 
 class DataFormatError(ValueError):
-    """A data file is malformed; the message names the file and, where known, the record."""
+    """A data file is malformed; the message names the file and, where known, the record.
 
-    def __init__(self, path: str | os.PathLike, message: str, key: object | None = None) -> None:
+    ``DataFormatError(message)`` with a single argument is accepted too, so that a DataLoader worker can re-raise
+    the error in the main process as the same type (it rebuilds exceptions from their message).
+    """
+
+    def __init__(self, path: str | os.PathLike, message: str | None = None, key: object | None = None) -> None:
+        if message is None:
+            self.path, self.key = None, None
+            super().__init__(str(path))
+            return
         self.path = os.fspath(path)
         self.key = key
         where = self.path if key is None else f"{self.path} (record {key})"

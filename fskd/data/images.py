@@ -8,6 +8,7 @@ cv2-based code used BGR, which matters only when loading their checkpoints).
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,10 @@ from torchvision.io import ImageReadMode, decode_image
 from fskd.data.errors import DataFormatError
 
 IMAGE_SIZE = 112
+
+# torchvision 0.29 announces the move of its decoders to torchcodec; they remain the fastest CPU/GPU JPEG path here.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 
 
 def decode_face(data: bytes, source: str | os.PathLike, key: object | None = None,

@@ -1,0 +1,86 @@
+"""Safe loading of trained networks from system checkpoints (weights only: a checkpoint cannot run code)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fskd.models import IResNet, create_backbone, create_head
+from fskd.models.heads import ClassificationHead
+
+#: Hyper-parameters that define a backbone's architecture (as saved by `FaceRecognitionModule`).
+ARCHITECTURE_KEYS = ("backbone", "mode", "neck", "width", "embedding_size", "dropout")
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a Lightning checkpoint with ``weights_only=True``; clear errors for missing or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{path}: refused to load (weights-only loading rejects pickled code or unknown "
+                         f"objects): {str(error).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"{path}: not a readable checkpoint ({error})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise ValueError(f"{path}: not an fskd system checkpoint (no state_dict/hyper_parameters)")
+    return checkpoint
+
+
+def architecture(checkpoint: dict[str, Any], path: str | os.PathLike = "checkpoint") -> dict[str, Any]:
+    hparams = checkpoint["hyper_parameters"]
+    missing = [k for k in ARCHITECTURE_KEYS if k not in hparams]
+    if missing:
+        raise ValueError(f"{path}: hyper-parameters lack {missing}; not a FaceRecognitionModule checkpoint")
+    return {k: hparams[k] for k in ARCHITECTURE_KEYS}
+
+
+def _sub_state(checkpoint: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+
+
+def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike,
+               what: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{path}: the {what} weights do not fit the architecture in its hyper-parameters: "
+                         f"{str(error).splitlines()[0]}") from None
+
+
+def load_backbone(path: str | os.PathLike, prefix: str = "backbone.",
+                  expected: dict[str, Any] | None = None) -> IResNet:
+    """Build the backbone described by a checkpoint's hyper-parameters and load its weights (eval mode).
+
+    ``expected`` (a subset of `ARCHITECTURE_KEYS`) must match the checkpoint, else a ValueError lists the
+    differences; use it to refuse a teacher of the wrong architecture before any training starts.
+    """
+    checkpoint = read_checkpoint(path)
+    arch = architecture(checkpoint, path)
+    if expected:
+        different = {k: (arch.get(k), v) for k, v in expected.items() if arch.get(k) != v}
+        if different:
+            details = ", ".join(f"{k}: checkpoint {a!r} != expected {b!r}" for k, (a, b) in different.items())
+            raise ValueError(f"{path}: architecture mismatch ({details})")
+    backbone = create_backbone(**{"name": arch.pop("backbone"), **arch})
+    state = _sub_state(checkpoint, prefix)
+    if not state:
+        raise ValueError(f"{path}: no weights under {prefix!r} in the checkpoint")
+    _load_into(backbone, state, path, "backbone")
+    return backbone.eval()
+
+
+def load_head(path: str | os.PathLike) -> ClassificationHead:
+    """The margin head of a checkpoint (used for logit distillation)."""
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint["hyper_parameters"]
+    head = create_head(hparams.get("head", "cosface"), hparams["embedding_size"], hparams["num_classes"],
+                       **(hparams.get("head_kwargs") or {}))
+    _load_into(head, _sub_state(checkpoint, "head."), path, "head")
+    return head.eval()
