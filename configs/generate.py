@@ -130,12 +130,12 @@ def all_configs() -> dict[str, dict]:
         for method in STUDENT_METHODS:
             name = f"student/casia_ir50_{method}_{resolution}"
             configs[f"{name}.yaml"] = casia_config(name, "DistillModule", student_model(method), _policy(resolution))
-    configs["synthetic/teacher_tiny.yaml"] = tiny_config("synthetic/teacher_tiny", "TeacherModule", {}, 112, 120)
+    configs["synthetic/teacher_tiny.yaml"] = tiny_config("synthetic/teacher_tiny", "TeacherModule", {}, 112, 300)
     configs["synthetic/baseline_tiny_14.yaml"] = tiny_config("synthetic/baseline_tiny_14", "TeacherModule", {},
-                                                             14, 120)
+                                                             14, 300)
     configs["synthetic/student_tiny_fskd_14.yaml"] = tiny_config(
         "synthetic/student_tiny_fskd_14", "DistillModule",
-        {"distill": "fskd", "teacher_ckpt": "runs/synthetic/teacher_tiny/checkpoints/last.ckpt"}, 14, 120)
+        {"distill": "fskd", "teacher_ckpt": "runs/synthetic/teacher_tiny/checkpoints/last.ckpt"}, 14, 300)
     return configs
 
 
