@@ -17,7 +17,6 @@ from fskd.losses import DISTILL_INPUTS, NEEDS_HINT, HintAdapters, create_distill
 from fskd.systems.base import FaceRecognitionModule
 from fskd.systems.checkpoint import load_backbone, load_head
 
-
 # The frozen teacher is in eval mode on purpose (see `DistillModule.train`).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
