@@ -1,0 +1,344 @@
+"""Closed-set face identification (TinyFace protocol): gallery layouts, embedding extraction and CMC scores.
+
+Protocol (``docs/fskd-method.md`` section 5.2, AdaFace's / F-SKD's TinyFace helper): every probe and
+gallery image is embedded with flip test-time augmentation (the mean of the features of the image and of its
+mirror), L2-normalised, and compared by cosine similarity with the whole gallery (matching identities plus
+distractors, which carry the label `DISTRACTOR_LABEL` and never match). A probe is correct at rank k when its
+label is among the labels of the k most similar gallery *items* (the CMC curve).
+
+`cmc_scores` never builds the probe x gallery matrix: it walks over blocks of probes and blocks of gallery
+items and keeps a running top-k per probe, so a TinyFace-sized gallery (~160k items) needs memory
+O(chunk x chunk + probes x k). Ranking is deterministic: features are L2-normalised in float64 and stored as
+float32, similarities are computed in float64 and rounded to float32, then ordered by (similarity descending,
+gallery index ascending), so ties go to the lower gallery index whatever the chunk sizes (see `rank_gallery`).
+
+Plain PyTorch and numpy; no Lightning.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fskd.data.degrade import MODES, degrade_fixed
+from fskd.data.errors import DataFormatError
+from fskd.data.images import IMAGE_SIZE, decode_face, normalize
+
+DISTRACTOR_LABEL = -100
+"""Label of gallery distractors (as AdaFace's TinyFace helper); it never counts as a match."""
+
+DEFAULT_RANKS: tuple[int, ...] = (1, 5, 10, 20)
+"""Ranks reported by the TinyFace protocol."""
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
+"""File types read from image folders (compared case-insensitively)."""
+
+TINYFACE_PROBE = "Probe"
+TINYFACE_GALLERY_MATCH = "Gallery_Match"
+TINYFACE_DISTRACTOR_NAMES: tuple[str, ...] = ("Gallery_Distractor", "Gallery_Disctractor")
+"""The distractor folder, and the misspelling used in TinyFace's README."""
+
+FUSIONS: tuple[str, ...] = ("mean", "concat")
+
+_INDEX_BITS = 32
+_INDEX_SPAN = 1 << _INDEX_BITS
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ranking and CMC
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _as_features(features: np.ndarray | torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
+    """L2-normalised rows (computed in float64, stored as float32 to halve the memory of a large gallery)."""
+    tensor = torch.as_tensor(features).to(device=device)
+    if tensor.ndim != 2 or tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty (N, E) feature matrix, got shape {tuple(tensor.shape)}")
+    if not tensor.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {tensor.dtype}")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return torch.nn.functional.normalize(tensor.to(torch.float64), dim=1).to(torch.float32)
+
+
+def _as_labels(labels: np.ndarray | torch.Tensor | Sequence[int], count: int, name: str) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(labels))
+    if tensor.ndim != 1 or tensor.shape[0] != count:
+        raise ValueError(f"{name} must be a 1-D array of {count} labels, got shape {tuple(tensor.shape)}")
+    if tensor.numel() and (tensor.is_floating_point() or tensor.dtype == torch.bool):
+        raise ValueError(f"{name} must hold integer labels, got {tensor.dtype}")
+    return tensor.to(torch.int64)
+
+
+def _ordering_keys(scores: torch.Tensor, first_index: int) -> torch.Tensor:
+    """Unique int64 keys whose descending order is (score descending, gallery index ascending).
+
+    The float32 score's bits are mapped to an int32 with the same order (negative floats have their magnitude
+    bits flipped), shifted up 32 bits, and the complement of the gallery index fills the low bits: ``topk`` on
+    distinct integers has exactly one answer, so ties are broken the same way whatever the chunking.
+    """
+    scores = scores.to(torch.float32) + 0.0  # -0.0 + 0.0 == +0.0: equal scores get equal bits
+    bits = scores.view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    index = torch.arange(first_index, first_index + scores.shape[1], device=scores.device, dtype=torch.int64)
+    return ordered * _INDEX_SPAN + (_INDEX_SPAN - 1 - index)
+
+
+def _decode_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of `_ordering_keys`: (gallery index, float32 score)."""
+    index = _INDEX_SPAN - 1 - torch.remainder(keys, _INDEX_SPAN)
+    ordered = torch.div(keys, _INDEX_SPAN, rounding_mode="floor").to(torch.int32)
+    bits = torch.where(ordered < 0, ordered ^ 0x7FFFFFFF, ordered)
+    return index, bits.view(torch.float32)
+
+
+def rank_gallery(probe: np.ndarray | torch.Tensor, gallery: np.ndarray | torch.Tensor, k: int,
+                 chunk_size: int = 4096, device: str | torch.device | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most similar gallery items of every probe, by cosine similarity of L2-normalised features.
+
+    Returns ``(indices, scores)``, both (N, min(k, M)): gallery indices (int64) and float32 similarities,
+    best first; ties go to the lower gallery index. Probes and gallery are processed in blocks of
+    ``chunk_size`` rows, merging each block's candidates into a running top-k per probe.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if device is None:
+        device = probe.device if isinstance(probe, torch.Tensor) else torch.device("cpu")
+    device = torch.device(device)
+    probe_t = _as_features(probe, "probe", device)
+    gallery_t = _as_features(gallery, "gallery", device)
+    if probe_t.shape[1] != gallery_t.shape[1]:
+        raise ValueError(f"probe features have {probe_t.shape[1]} dimensions, gallery {gallery_t.shape[1]}")
+    if gallery_t.shape[0] >= _INDEX_SPAN:
+        raise ValueError(f"galleries of {_INDEX_SPAN} items or more are not supported")
+    keep = min(k, gallery_t.shape[0])
+    best_keys: list[torch.Tensor] = []
+    for probe_start in range(0, probe_t.shape[0], chunk_size):
+        probe_block = probe_t[probe_start:probe_start + chunk_size].to(torch.float64)
+        running: torch.Tensor | None = None
+        for gallery_start in range(0, gallery_t.shape[0], chunk_size):
+            scores = probe_block @ gallery_t[gallery_start:gallery_start + chunk_size].to(torch.float64).T
+            keys = _ordering_keys(scores, gallery_start)
+            candidates = keys if running is None else torch.cat((running, keys), dim=1)
+            running = torch.topk(candidates, min(keep, candidates.shape[1]), dim=1, sorted=True).values
+        best_keys.append(running)
+    indices, scores = _decode_keys(torch.cat(best_keys))
+    return indices.cpu().numpy(), scores.cpu().numpy()
+
+
+def cmc_scores(probe: np.ndarray | torch.Tensor, probe_labels: np.ndarray | Sequence[int],
+               gallery: np.ndarray | torch.Tensor, gallery_labels: np.ndarray | Sequence[int],
+               ranks: Sequence[int] = DEFAULT_RANKS, chunk_size: int = 4096,
+               device: str | torch.device | None = None) -> dict[int, float]:
+    """Closed-set CMC: for each rank r, the fraction of probes whose label is among the top-r gallery items.
+
+    Features need not be normalised (they are L2-normalised here). Gallery items labelled `DISTRACTOR_LABEL`
+    never match. A rank larger than the gallery counts over the whole gallery. Probes whose identity is not
+    in the gallery count as misses (closed-set protocol).
+    """
+    ranks = [int(r) for r in ranks]
+    if not ranks or min(ranks) < 1:
+        raise ValueError(f"ranks must be positive integers, got {ranks}")
+    probe_count = torch.as_tensor(probe).shape[0]
+    gallery_count = torch.as_tensor(gallery).shape[0]
+    probe_labels_t = _as_labels(probe_labels, probe_count, "probe_labels")
+    gallery_labels_t = _as_labels(gallery_labels, gallery_count, "gallery_labels")
+    indices, _ = rank_gallery(probe, gallery, max(ranks), chunk_size, device)
+    top_labels = gallery_labels_t[torch.from_numpy(indices)]
+    hits = (top_labels == probe_labels_t[:, None]) & (top_labels != DISTRACTOR_LABEL)
+    first_hit_within = torch.cumsum(hits.to(torch.int64), dim=1) > 0
+    results: dict[int, float] = {}
+    for rank in ranks:
+        column = min(rank, first_hit_within.shape[1]) - 1
+        results[rank] = float(first_hit_within[:, column].to(torch.float64).mean())
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gallery layouts
+# ---------------------------------------------------------------------------------------------------------
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder`` (recursive), sorted by their relative path."""
+    folder = Path(folder)
+    found = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _tinyface_label(path: Path) -> int:
+    prefix = path.name.split("_", 1)[0]
+    try:
+        return int(prefix)
+    except ValueError:
+        raise DataFormatError(path, f"file name must start with an integer identity label and '_' "
+                              f"(TinyFace naming), got prefix {prefix!r}") from None
+
+
+def _tinyface_folder(root: Path, names: Sequence[str]) -> list[Path]:
+    for name in names:
+        folder = root / name
+        if folder.is_dir():
+            images = list_images(folder)
+            if not images:
+                raise DataFormatError(folder, f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+            return images
+    expected = f"{TINYFACE_PROBE}/, {TINYFACE_GALLERY_MATCH}/, {TINYFACE_DISTRACTOR_NAMES[0]}/"
+    missing = " or ".join(names)
+    raise DataFormatError(root, f"not a TinyFace layout: missing folder {missing} (expected {expected})")
+
+
+def load_tinyface_layout(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, list[Path], np.ndarray]:
+    """Read a TinyFace identification folder: ``(probe_paths, probe_labels, gallery_paths, gallery_labels)``.
+
+    ``root`` holds ``Probe/``, ``Gallery_Match/`` and ``Gallery_Distractor/`` (or TinyFace's misspelt
+    ``Gallery_Disctractor/``). A probe or matching-gallery label is the integer before the first ``_`` of the
+    file name (``17_3.jpg`` -> 17); the gallery is the matching images followed by the distractors, which are
+    labelled `DISTRACTOR_LABEL` whatever their names.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: identification folder not found")
+    probes = _tinyface_folder(root, (TINYFACE_PROBE,))
+    matches = _tinyface_folder(root, (TINYFACE_GALLERY_MATCH,))
+    distractors = _tinyface_folder(root, TINYFACE_DISTRACTOR_NAMES)
+    probe_labels = np.array([_tinyface_label(p) for p in probes], dtype=np.int64)
+    match_labels = np.array([_tinyface_label(p) for p in matches], dtype=np.int64)
+    distractor_labels = np.full(len(distractors), DISTRACTOR_LABEL, dtype=np.int64)
+    gallery_labels = np.concatenate([match_labels, distractor_labels])
+    return probes, probe_labels, matches + distractors, gallery_labels
+
+
+def split_identity_folder(root: str | os.PathLike, gallery_per_identity: int = 1, seed: int | None = None,
+                          ) -> tuple[list[Path], np.ndarray, list[Path], np.ndarray]:
+    """Split ``root/<identity>/*.jpg`` into a gallery and probes: ``(probe_paths, probe_labels, gallery_paths,
+    gallery_labels)``.
+
+    Identities are the sub-folders in sorted order, labelled 0, 1, ...; ``gallery_per_identity`` images of
+    each go to the gallery (the first ones in sorted order, or a random choice when ``seed`` is given) and the
+    rest are probes. An identity with no more images than that only enlarges the gallery.
+    """
+    root = Path(root)
+    if gallery_per_identity < 1:
+        raise ValueError(f"gallery_per_identity must be >= 1, got {gallery_per_identity}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: identity folder not found")
+    identities = sorted(p for p in root.iterdir() if p.is_dir())
+    if not identities:
+        raise DataFormatError(root, "no identity sub-folders (expected root/<identity>/<image>.jpg)")
+    rng = random.Random(seed)
+    probes: list[Path] = []
+    probe_labels: list[int] = []
+    gallery: list[Path] = []
+    gallery_labels: list[int] = []
+    for label, folder in enumerate(identities):
+        images = list_images(folder)
+        chosen = set(range(min(gallery_per_identity, len(images))))
+        if seed is not None:
+            chosen = set(rng.sample(range(len(images)), len(chosen)))
+        for position, image in enumerate(images):
+            target, labels = (gallery, gallery_labels) if position in chosen else (probes, probe_labels)
+            target.append(image)
+            labels.append(label)
+    if not gallery:
+        raise DataFormatError(root, "the identity folders hold no images")
+    if not probes:
+        raise DataFormatError(root, f"no probes: no identity has more than {gallery_per_identity} image(s)")
+    return probes, np.array(probe_labels, dtype=np.int64), gallery, np.array(gallery_labels, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Embedding extraction
+# ---------------------------------------------------------------------------------------------------------
+
+
+class EncodedImages(Dataset):
+    """Decodes image files or encoded bytes to uint8 (3, size, size) tensors (for DataLoader workers)."""
+
+    def __init__(self, items: Sequence[str | os.PathLike | bytes], size: int = IMAGE_SIZE) -> None:
+        self.items = list(items)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        item = self.items[index]
+        if isinstance(item, bytes | bytearray | memoryview):
+            return decode_face(bytes(item), "<bytes>", key=index, size=self.size)
+        try:
+            data = Path(item).read_bytes()
+        except OSError as error:
+            raise DataFormatError(item, f"cannot read image: {error.strerror or error}") from None
+        return decode_face(data, item, size=self.size)
+
+
+def _embedding_of(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    output = model(images)
+    return output.embedding if hasattr(output, "embedding") else output
+
+
+@torch.no_grad()
+def embed_images(backbone: torch.nn.Module, paths_or_bytes: Sequence[str | os.PathLike | bytes],
+                 batch_size: int = 64, resolution: int = IMAGE_SIZE, interpolation: str = "nearest",
+                 flip: bool = True, device: str | torch.device = "cpu", fusion: str = "mean",
+                 num_workers: int = 0) -> np.ndarray:
+    """Embed images for identification: float32 (N, E) L2-normalised rows, in input order.
+
+    Each image is decoded to 112x112 RGB, normalised to [-1, 1] and, when ``resolution`` is below 112,
+    degraded on ``device`` (down to ``resolution`` and back up with ``interpolation``, `degrade_fixed`). With
+    ``flip`` the mirror image of the (degraded) face is embedded too and fused with it: ``"mean"`` (TinyFace
+    protocol) or ``"concat"`` (2E columns, the F-SKD verification protocol). The backbone is used in eval mode
+    without gradients (its training flag is restored afterwards) and moved to ``device``. Any module that
+    returns an embedding tensor, or an object with an ``embedding`` attribute, works.
+    """
+    if fusion not in FUSIONS:
+        raise ValueError(f"unknown fusion {fusion!r}; expected one of {FUSIONS}")
+    if interpolation not in MODES:
+        raise ValueError(f"unknown interpolation {interpolation!r}; expected one of {MODES}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 1 <= resolution <= IMAGE_SIZE:
+        raise ValueError(f"resolution must be in 1..{IMAGE_SIZE}, got {resolution}")
+    if len(paths_or_bytes) == 0:
+        raise ValueError("no images to embed")
+    device = torch.device(device)
+    was_training = backbone.training
+    backbone.to(device).eval()
+    loader = DataLoader(EncodedImages(paths_or_bytes), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers)
+    rows: list[np.ndarray] = []
+    try:
+        for batch in loader:
+            images = normalize(batch.to(device, non_blocking=True))
+            images = degrade_fixed(images, resolution, interpolation)
+            features = _embedding_of(backbone, images).float()
+            if flip:
+                flipped = _embedding_of(backbone, torch.flip(images, dims=(3,))).float()
+                features = (features + flipped) / 2 if fusion == "mean" else torch.cat((features, flipped), 1)
+            rows.append(torch.nn.functional.normalize(features, dim=1).cpu().numpy())
+    finally:
+        backbone.train(was_training)
+    return np.concatenate(rows).astype(np.float32, copy=False)
+
+
+__all__ = [
+    "DEFAULT_RANKS",
+    "DISTRACTOR_LABEL",
+    "EncodedImages",
+    "cmc_scores",
+    "embed_images",
+    "list_images",
+    "load_tinyface_layout",
+    "rank_gallery",
+    "split_identity_folder",
+]

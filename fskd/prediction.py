@@ -1,0 +1,196 @@
+"""Embedding extraction with ``fskd predict``: the image source and the writer of ``<output>.npy``/``.txt``.
+
+`PredictionImages` lists the faces to embed (an image folder, searched recursively, or an insightface
+``.rec`` file); `FaceDataModule` serves it as its predict set and turns each batch into normalised (and
+optionally degraded) floats on the device; the system's ``predict_step`` returns ``{"index", "embedding"}``;
+`EmbeddingWriter` collects those at the end of the epoch, gathers them from every rank, puts the rows back in
+dataset order and writes them on rank 0:
+
+* ``<output>.npy``: float32 (N, E), row i = image i of the source (the raw embeddings, not normalised);
+* ``<output>.txt``: N lines, the name of image i (its path relative to the folder, or ``rec:<key>``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import Dataset
+
+from fskd.data.errors import DataFormatError
+from fskd.data.images import IMAGE_SIZE, decode_face
+from fskd.data.recordio import FaceRecordFile
+from fskd.evaluation.identification import IMAGE_SUFFIXES, list_images
+
+REC_NAME_PREFIX = "rec:"
+
+
+class PredictionImages(Dataset):
+    """Faces to embed: every image under a folder (recursive, sorted by relative path) or every image of a
+    ``.rec`` file (with the ``.idx`` of the same name beside it), in record order.
+
+    Items are ``{"image": uint8 (3, size, size), "index": int}``; `names` holds, per index, the path relative
+    to the folder (POSIX separators) or ``"rec:<key>"``.
+    """
+
+    def __init__(self, source: str | os.PathLike, size: int = IMAGE_SIZE) -> None:
+        self.source = Path(source)
+        self.size = size
+        self.records: FaceRecordFile | None = None
+        self.paths: list[Path] = []
+        if self.source.is_dir():
+            self.paths = list_images(self.source)
+            if not self.paths:
+                suffixes = ", ".join(IMAGE_SUFFIXES)
+                raise DataFormatError(self.source, f"no images ({suffixes}) under the folder")
+            self.names = [p.relative_to(self.source).as_posix() for p in self.paths]
+        elif self.source.is_file() and self.source.suffix == ".rec":
+            index_path = self.source.with_suffix(".idx")
+            if not index_path.is_file():
+                raise FileNotFoundError(f"{index_path}: index file not found beside {self.source}")
+            self.records = FaceRecordFile(self.source, index_path)
+            self.names = [f"{REC_NAME_PREFIX}{key}" for key in self.records.image_keys]
+            if not self.names:
+                raise DataFormatError(self.source, "the record file holds no images")
+        elif self.source.exists():
+            raise ValueError(f"{self.source}: expected an image folder or a .rec file")
+        else:
+            raise FileNotFoundError(f"{self.source}: prediction source not found")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.names):
+            raise IndexError(f"image index {index} out of range for {len(self.names)} images")
+        if self.records is not None:
+            _, payload = self.records.read_image(index)
+            image = decode_face(payload, self.source, key=self.records.key_of(index), size=self.size)
+        else:
+            path = self.paths[index]
+            image = decode_face(path.read_bytes(), path, size=self.size)
+        return {"image": image, "index": index}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.source)!r}, images={len(self)})"
+
+
+def _flatten_batches(predictions: Sequence[Any]) -> list[dict[str, torch.Tensor]]:
+    """Batch outputs of one dataloader (a list of dicts) or of several (a list of such lists)."""
+    batches: list[dict[str, torch.Tensor]] = []
+    for item in predictions:
+        if isinstance(item, dict):
+            batches.append(item)
+        elif isinstance(item, list | tuple):
+            batches.extend(_flatten_batches(item))
+        else:
+            raise TypeError(f"predict_step must return a dict with 'index' and 'embedding', got {type(item)}")
+    return batches
+
+
+def _gather_padded(tensor: torch.Tensor, trainer: Any) -> torch.Tensor:
+    """Concatenate a tensor's rows from every rank (ranks may hold different numbers of rows)."""
+    world_size = int(getattr(trainer, "world_size", 1) or 1)
+    if world_size == 1:
+        return tensor
+    strategy = trainer.strategy
+    device = strategy.root_device
+    count = torch.tensor([tensor.shape[0]], device=device)
+    counts = strategy.all_gather(count).reshape(-1).tolist()
+    padded = torch.zeros((max(counts), *tensor.shape[1:]), dtype=tensor.dtype, device=device)
+    padded[: tensor.shape[0]] = tensor.to(device)
+    gathered = strategy.all_gather(padded).reshape(world_size, max(counts), *tensor.shape[1:])
+    return torch.cat([gathered[rank, :n] for rank, n in enumerate(counts)]).cpu()
+
+
+def output_paths(output: str | os.PathLike) -> tuple[Path, Path]:
+    """``(<output>.npy, <output>.txt)``; a trailing ``.npy`` on ``output`` is not doubled."""
+    output = Path(output)
+    stem = output.with_suffix("") if output.suffix == ".npy" else output
+    return stem.parent / f"{stem.name}.npy", stem.parent / f"{stem.name}.txt"
+
+
+class EmbeddingWriter(BasePredictionWriter):
+    """Write the predicted embeddings of a whole predict epoch to ``<output>.npy`` and ``<output>.txt``.
+
+    Consumes ``predict_step`` outputs ``{"index": LongTensor (B,), "embedding": FloatTensor (B, E)}``. Under
+    DDP the rows of all ranks are all-gathered (repeats added by ``DistributedSampler`` padding are dropped)
+    and rank 0 writes them in index order. Names come from ``names`` or else from
+    ``trainer.datamodule.predict_names``; every index 0..N-1 must have been predicted at least once.
+
+    Args:
+        output: path stem of the two files (parent folders are created).
+        names: image names in index order; default: the datamodule's ``predict_names``.
+    """
+
+    def __init__(self, output: str | os.PathLike, names: Sequence[str] | None = None) -> None:
+        super().__init__(write_interval="epoch")
+        self.output = Path(output)
+        self.names = list(names) if names is not None else None
+
+    def _names(self, trainer: Any) -> list[str]:
+        if self.names is not None:
+            return self.names
+        names = getattr(getattr(trainer, "datamodule", None), "predict_names", None)
+        if names is None:
+            raise ValueError("EmbeddingWriter needs the image names: pass names=... or use a datamodule with "
+                             "predict_names")
+        return list(names)
+
+    def collect(self, trainer: Any, predictions: Sequence[Any]) -> tuple[np.ndarray, list[str]]:
+        """Gather the predictions of every rank and order them: (float32 (N, E) embeddings, N names)."""
+        batches = _flatten_batches(predictions)
+        for batch in batches:
+            if "index" not in batch or "embedding" not in batch:
+                raise KeyError(f"predict_step output must have 'index' and 'embedding', got {sorted(batch)}")
+        if batches:
+            indices = torch.cat([torch.as_tensor(b["index"]).reshape(-1).to("cpu", torch.int64)
+                                 for b in batches])
+            embeddings = torch.cat([b["embedding"].detach().to("cpu", torch.float32) for b in batches])
+        else:
+            indices, embeddings = torch.zeros(0, dtype=torch.int64), torch.zeros(0, 0)
+        if embeddings.ndim != 2 or embeddings.shape[0] != indices.shape[0]:
+            raise ValueError(f"got {indices.shape[0]} indices for embeddings of shape "
+                             f"{tuple(embeddings.shape)}")
+        indices = _gather_padded(indices, trainer)
+        embeddings = _gather_padded(embeddings, trainer)
+        names = self._names(trainer)
+        count = len(names)
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= count):
+            raise ValueError(f"predicted index out of range 0..{count - 1} (min {int(indices.min())}, "
+                             f"max {int(indices.max())})")
+        # Keep the first occurrence of each index (a DistributedSampler pads ranks with repeats).
+        order = torch.argsort(indices, stable=True)
+        first = torch.ones(order.shape[0], dtype=torch.bool)
+        first[1:] = indices[order[1:]] != indices[order[:-1]]
+        keep = order[first]
+        table = torch.zeros((count, embeddings.shape[1]), dtype=torch.float32)
+        table[indices[keep]] = embeddings[keep]
+        seen = torch.zeros(count, dtype=torch.bool)
+        seen[indices] = True
+        if not bool(seen.all()):
+            missing = torch.nonzero(~seen).flatten()
+            raise ValueError(f"{missing.numel()} of {count} images have no embedding (first missing index "
+                             f"{int(missing[0])}); was the predict set cut short (limit_predict_batches)?")
+        return table.numpy(), names
+
+    def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: Sequence[Any],
+                           batch_indices: Sequence[Any] | None = None) -> None:
+        embeddings, names = self.collect(trainer, predictions)
+        if not getattr(trainer, "is_global_zero", True):
+            return
+        npy_path, txt_path = output_paths(self.output)
+        npy_path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(npy_path, embeddings)
+        txt_path.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+        rank_zero_info(f"EmbeddingWriter: wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to "
+                       f"{npy_path} and names to {txt_path}")
+
+
+__all__ = ["EmbeddingWriter", "PredictionImages", "output_paths"]
