@@ -15,6 +15,9 @@ TOOLS_HELP = """
 fskd tools (besides the LightningCLI subcommands fit/validate/test/predict):
   fskd synth    --out DIR [--identities N --images-per-identity M --pairs P --seed S]
   fskd prepare  --source DIR --out DIR [--sets agedb_30 lfw cfp_fp]
+  fskd identify --ckpt CKPT --root DIR [--layout tinyface|folder] [--resolution R]   (CMC rank-1/5/10/20)
+  fskd export   --ckpt CKPT --onnx OUT.onnx [--torchscript OUT.pt]
+  fskd synth-tinyface --out DIR [--identities N --probes P --gallery G --distractors D]
 """
 
 

@@ -94,6 +94,9 @@ class FaceDataModule(L.LightningDataModule):
         val_resolutions: evaluation resolutions, e.g. ``[112, 56, 28, 14]``; ``cross14`` for HR-vs-14 pairs.
         val_interpolation: fixed degradation mode for evaluation (``nearest`` as the paper-era code).
         seed: seed of the flip/degradation generator (offset by the process rank).
+        predict_source: for ``predict``: a folder of images (recursive) or a ``.rec`` file; ``None`` = the
+            verification images. Use with ``fskd.prediction.EmbeddingWriter`` to write ``.npy`` + names.
+        predict_resolution: degrade the ``predict`` images to this size and back (112 = as they are).
     """
 
     def __init__(
@@ -115,6 +118,8 @@ class FaceDataModule(L.LightningDataModule):
         pin_memory: bool = True,
         image_size: int = IMAGE_SIZE,
         seed: int = 0,
+        predict_source: str | None = None,
+        predict_resolution: int = IMAGE_SIZE,
     ) -> None:
         super().__init__()
         self.root = root
@@ -138,6 +143,9 @@ class FaceDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_datasets: list = []
         self.val_specs: list[EvalSpec] = []
+        self.predict_source = predict_source
+        self.predict_resolution, _ = _parse_resolution(predict_resolution, image_size)
+        self.predict_set: Dataset | None = None
         self._num_classes: int | None = None
 
     # -- sizes -------------------------------------------------------------------------------------------------
@@ -223,13 +231,28 @@ class FaceDataModule(L.LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         return self.val_dataloader()
 
-    def predict_dataloader(self) -> list[DataLoader]:
-        return self.val_dataloader()
+    def predict_dataloader(self) -> list[DataLoader] | DataLoader:
+        if self.predict_source is None:
+            return self.val_dataloader()
+        if self.predict_set is None:
+            from fskd.prediction import PredictionImages
+
+            self.predict_set = PredictionImages(self.predict_source, self.image_size)
+        return self._loader(self.predict_set, self.val_batch_size, shuffle=False)
+
+    @property
+    def predict_names(self) -> list[str] | None:
+        """Names of the ``predict_source`` images in index order (read by `fskd.prediction.EmbeddingWriter`)."""
+        return None if self.predict_set is None else list(self.predict_set.names)
 
     # -- on-device transforms ----------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, Any]:
         if "label" in batch:
             return self.training_views(batch["image"], batch["label"])
+        trainer = getattr(self, "trainer", None)
+        if self.predict_source is not None and trainer is not None and trainer.predicting:
+            image = degrade_fixed(normalize(batch["image"]), self.predict_resolution, self.val_interpolation)
+            return {"image": image, "index": batch["index"]}
         return self.evaluation_views(batch["image"], batch["index"], self.val_specs[dataloader_idx])
 
     def training_views(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:

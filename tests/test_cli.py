@@ -83,3 +83,29 @@ def test_fit_without_data_root_fails_clearly(tmp_path: Path, monkeypatch: pytest
     # jsonargparse wraps errors raised while linking num_classes into a ValueError; the message is kept.
     with pytest.raises((FileNotFoundError, ValueError), match="no training set"):
         run_cli("fit", "--config", str(CONFIGS / "synthetic/teacher_tiny.yaml"), "--data.root", str(tmp_path), *FAST)
+
+
+def test_predict_writes_embeddings_of_a_rec_file(tiny_teacher_ckpt: Path, synth_root: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from fskd.data.datasets import RecordFaceDataset
+    from fskd.data.degrade import degrade_fixed
+    from fskd.data.images import normalize
+    from fskd.systems.checkpoint import load_backbone
+
+    monkeypatch.chdir(tmp_path)
+    output = tmp_path / "embeddings"
+    run_cli("predict", "--config", str(CONFIGS / "synthetic/teacher_tiny.yaml"), "--data.root", str(synth_root),
+            "--data.predict_source", str(synth_root / "train.rec"), "--data.predict_resolution", "14",
+            "--ckpt_path", str(tiny_teacher_ckpt), "--trainer.callbacks+=fskd.prediction.EmbeddingWriter",
+            "--trainer.callbacks.output", str(output), *FAST)
+    embeddings = np.load(f"{output}.npy")
+    names = (tmp_path / "embeddings.txt").read_text().splitlines()
+    assert embeddings.shape == (400, 128) and names[:2] == ["rec:1", "rec:2"] and len(names) == 400
+    backbone = load_backbone(tiny_teacher_ckpt)
+    records = RecordFaceDataset(synth_root / "train.rec", synth_root / "train.idx")
+    images = torch.stack([records[i]["image"] for i in (0, 399)])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = backbone(degrade_fixed(normalize(images), 14)).embedding.float()
+    np.testing.assert_allclose(embeddings[[0, 399]], expected.numpy(), rtol=0.05, atol=0.05)
