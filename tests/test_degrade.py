@@ -101,3 +101,13 @@ def test_fixed_plan_is_respected() -> None:
     out = Degradation("multi").apply(x, plan)
     torch.testing.assert_close(out[0], x[0], rtol=0, atol=0)
     torch.testing.assert_close(out[1:], degrade_fixed(x[1:], 14), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("resolution", [14, 28, 56, 20])
+def test_nearest_fast_path_equals_torch_interpolate(resolution: int) -> None:
+    import torch.nn.functional as F
+
+    x = _images(3)
+    expected = F.interpolate(F.interpolate(x, size=(resolution, resolution), mode="nearest"), size=(112, 112),
+                             mode="nearest")
+    torch.testing.assert_close(degrade_fixed(x, resolution, "nearest"), expected, rtol=0, atol=0)

@@ -47,6 +47,13 @@ def degrade_fixed(images: torch.Tensor, resolution: int, down_mode: str = "neare
     for mode in (down_mode, up_mode):
         if mode not in MODES:
             raise ValueError(f"unknown interpolation {mode!r}; expected one of {MODES}")
+    if down_mode == up_mode == "nearest" and size % resolution == 0:
+        # Integer factor: nearest keeps every f-th pixel and repeats it f times; bit-identical to two
+        # interpolate calls and several times faster on a CPU.
+        factor = size // resolution
+        low = images[..., ::factor, ::factor]
+        shape = (*low.shape[:-2], resolution, factor, resolution, factor)
+        return low[..., :, None, :, None].expand(shape).reshape(images.shape)
     out = _interpolate(_interpolate(images, resolution, down_mode), size, up_mode)
     if up_mode == "bicubic":
         # Bicubic overshoots; keep the values in the range of normalised images.
@@ -122,9 +129,14 @@ class Degradation:
 
     def apply(self, images: torch.Tensor, plan: DegradationPlan) -> torch.Tensor:
         """Degrade ``images`` (B, C, H, W float) following ``plan``, one interpolate call per group."""
-        out = images.clone()
         keys = torch.stack([plan.resolution, plan.down_mode, plan.up_mode], dim=1)
-        for key in torch.unique(keys, dim=0).tolist():
+        groups = torch.unique(keys, dim=0).tolist()
+        if len(groups) == 1:
+            # One resolution and mode pair for the whole batch (fixed policies): no gather/scatter copies.
+            resolution, down, up = groups[0]
+            return degrade_fixed(images, resolution, MODES[down], MODES[up])
+        out = images.clone()
+        for key in groups:
             resolution, down, up = key
             if resolution >= images.shape[-1]:
                 continue
