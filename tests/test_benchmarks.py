@@ -1,0 +1,226 @@
+"""Benchmark suite: every script runs at ``--size smoke`` and prints one markdown table (and the JSON asked
+for); the helpers the figures rest on (ratios, the authors' re-created pipeline, the proposed fast paths) are
+exact."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.common import Timings, fmt, interleaved, markdown_table, resolve_device
+from benchmarks.data import (
+    AuthorsTrainDataset,
+    check_proposed_views,
+    extract_to_files,
+    proposed_training_views,
+)
+from benchmarks.degradation import cv2_degrade_batch, nearest_integer_degrade
+from fskd.data.degrade import degrade_fixed
+from fskd.data.recordio import FaceRecordFile
+from fskd.datamodule import FaceDataModule
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = {  # script -> rows its table must contain
+    "data": ["authors", "ours (worker)", "ours (worker + CPU views)"],
+    "degradation": ["| 14/nearest | cv2 |", "| 14/nearest | ours |", "| multi/random | ours |"],
+    "training": ["teacher step, plain loop", "F-SKD student step, plain loop", "lightning.Trainer",
+                 "frozen teacher forward", "47,000 iterations"],
+    "evaluation": ["| 112 |", "| 56 |", "| 28 |", "| 14 |", "| all 4 |"],
+}
+
+
+def markdown_tables(text: str) -> list[list[list[str]]]:
+    """Every markdown table in ``text`` as rows of stripped cells (header first, separator dropped)."""
+    tables, current = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|") and line.endswith("|"):
+            current.append([cell.strip() for cell in line[1:-1].split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    for table in tables:
+        assert set("".join(table[1])) <= {"-", ":"}, f"second line is not a separator: {table[1]}"
+        del table[1]
+    return tables
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, str, Path]]:
+    """Every script at ``--size smoke --json``, started together (they mostly wait on imports): script ->
+    (exit code, stdout, stderr, json path). Each gets at most 120 s."""
+    folder = tmp_path_factory.mktemp("bench-smoke")
+    processes = {}
+    for script in sorted(SCRIPTS):
+        command = [sys.executable, str(REPO / "benchmarks" / f"{script}.py"), "--size", "smoke",
+                   "--json", str(folder / f"{script}.json")]
+        processes[script] = subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, text=True)
+    runs = {}
+    try:
+        for script, process in processes.items():
+            stdout, stderr = process.communicate(timeout=120)
+            runs[script] = (process.returncode, stdout, stderr, folder / f"{script}.json")
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return runs
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_script_smoke_prints_one_table_and_json(script: str, smoke_runs: dict) -> None:
+    code, stdout, stderr, json_path = smoke_runs[script]
+    assert code == 0, stderr[-3000:]
+    tables = markdown_tables(stdout)
+    assert len(tables) == 1, stdout
+    header, *rows = tables[0]
+    assert rows and all(len(row) == len(header) for row in rows)
+    for expected in SCRIPTS[script]:
+        assert expected in stdout, f"{expected!r} missing from\n{stdout}"
+    payload = json.loads(json_path.read_text())
+    assert payload["table"] in stdout
+    assert payload["args"]["size"] == "smoke"
+    assert payload["machine"]["nproc"] >= 1 and payload["results"]
+
+
+def test_smoke_json_values_are_consistent(smoke_runs: dict) -> None:
+    """Reference rows are their own reference (ratio exactly 1); the recipe estimate is 47,000 steps."""
+    degradation = json.loads(smoke_runs["degradation"][3].read_text())["results"]
+    assert degradation["14/nearest cv2"]["ratio_vs_cv2"] == 1.0
+    assert degradation["multi/random cv2"]["ratio_vs_cv2"] == 1.0
+    assert all(r["images_per_second"] > 0 for r in degradation.values())
+    data = json.loads(smoke_runs["data"][3].read_text())["results"]
+    assert data["authors, workers=0"]["ratio_vs_authors"] == 1.0
+    assert data["authors, workers=0"]["bytes_per_image_from_dataset"] == 2 * 4 * 3 * 112 * 112
+    training = json.loads(smoke_runs["training"][3].read_text())["results"]
+    step = training["teacher Lightning"]["seconds_per_step"]
+    assert training["teacher recipe hours"] == pytest.approx(47_000 * step / 3600)
+
+
+def test_gpu_script_fails_clearly_without_gpu(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: gpu.sh would run the real benchmarks")
+    result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "no CUDA GPU is visible" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cuda_device_without_gpu_is_a_clear_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available")
+    with pytest.raises(SystemExit, match="--device cuda: CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+def test_timings_ratios_are_medians_of_per_round_ratios() -> None:
+    timings = Timings({"a": [1.0, 2.0, 10.0], "b": [2.0, 2.0, 5.0]})
+    # per round time(b) / time(a) = 2, 1, 0.5 -> median 1; time(a) / time(b) = 0.5, 1, 2 -> median 1
+    assert timings.ratio("a", "b") == 1.0
+    timings = Timings({"a": [1.0, 1.0, 1.0], "b": [2.0, 3.0, 4.0]})
+    assert timings.ratio("a", "b") == 3.0
+    assert timings.time_ratio("b", "a") == 3.0
+    assert timings.median("b") == 3.0
+
+
+def test_interleaved_alternates_and_uses_self_reported_seconds() -> None:
+    calls = []
+    timings = interleaved({"x": lambda: calls.append("x"), "y": lambda: calls.append("y") or 0.25},
+                          rounds=3, warmup=1)
+    assert calls == ["x", "y"] + ["x", "y", "y", "x", "x", "y"]  # warm-up, then rounds in rotated order
+    assert timings.seconds["y"] == [0.25, 0.25, 0.25]
+    assert len(timings.seconds["x"]) == 3 and all(s >= 0 for s in timings.seconds["x"])
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        interleaved({"x": lambda: None}, rounds=0)
+
+
+def test_markdown_table_and_number_format() -> None:
+    assert markdown_table(["a", "b"], [[1, "x"]]) == "| a | b |\n|---|---|\n| 1 | x |"
+    with pytest.raises(ValueError, match="one cell per header"):
+        markdown_table(["a", "b"], [[1]])
+    assert [fmt(v) for v in (1234.5, 56.78, 0.04321, 1.0)] == ["1234", "56.8", "0.0432", "1.00"]
+    assert fmt(0.5) == "0.5" and fmt(2.5e-5) == "2.5e-05"
+
+
+@pytest.mark.parametrize("resolution", [14, 28, 56])
+def test_nearest_integer_degrade_equals_degrade_fixed(resolution: int) -> None:
+    images = torch.rand(3, 3, 112, 112, generator=torch.Generator().manual_seed(resolution)) * 2 - 1
+    expected = degrade_fixed(images, resolution, "nearest")
+    assert torch.equal(nearest_integer_degrade(images, resolution), expected)
+
+
+def test_nearest_integer_degrade_rejects_non_divisors() -> None:
+    with pytest.raises(ValueError, match="not a square multiple of 15"):
+        nearest_integer_degrade(torch.zeros(1, 3, 112, 112), 15)
+
+
+def test_cv2_nearest_reference_equals_our_nearest_on_uint8() -> None:
+    """The authors' cv2 INTER_NEAREST down+up picks the same pixels as our degradation."""
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (4, 3, 112, 112), dtype=torch.uint8, generator=generator)
+    hwc = [image.permute(1, 2, 0).contiguous().numpy() for image in images]
+    ours = degrade_fixed(images.float(), 14, "nearest").to(torch.uint8)
+    for theirs, expected in zip(cv2_degrade_batch(hwc, 14, np.random.default_rng(0)), ours, strict=True):
+        np.testing.assert_array_equal(theirs, expected.permute(1, 2, 0).numpy())
+
+
+@pytest.fixture(scope="module")
+def tiny_rec(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fskd.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("bench-rec")
+    generate_dataset(root, identities=3, images_per_identity=4, pairs=20, seed=0)
+    return root
+
+
+def test_extracted_files_hold_the_record_bytes(tiny_rec: Path, tmp_path: Path) -> None:
+    paths, labels = extract_to_files(tiny_rec, tmp_path)
+    with FaceRecordFile(tiny_rec / "train.rec", tiny_rec / "train.idx") as records:
+        assert len(paths) == len(records) == 12
+        for index, (path, label) in enumerate(zip(paths, labels, strict=True)):
+            assert (label, Path(path).read_bytes()) == records.read_image(index)
+    assert (tmp_path / "train.list").read_text().splitlines()[0] == "image/000000/00000001.jpg  0"
+
+
+def test_authors_dataset_matches_its_description(tiny_rec: Path, tmp_path: Path) -> None:
+    """HR = (BGR/255 - 0.5) / 0.5 of the (possibly flipped) image; LR = the same image, nearest 14 -> 112."""
+    paths, labels = extract_to_files(tiny_rec, tmp_path)
+    dataset = AuthorsTrainDataset(paths, labels)
+    np.random.seed(0)
+    for index in range(4):
+        hr, lr, label = dataset[index]
+        bgr = torch.from_numpy(cv2.imread(paths[index])).permute(2, 0, 1).float()
+        candidates = [(bgr / 255 - 0.5) / 0.5, (bgr.flip(-1) / 255 - 0.5) / 0.5]
+        assert any(torch.allclose(hr, c, atol=1e-6) for c in candidates)
+        assert hr.shape == lr.shape == (3, 112, 112) and label == labels[index]
+        torch.testing.assert_close(lr, degrade_fixed(hr[None], 14, "nearest")[0], atol=1e-6, rtol=0)
+
+
+def test_proposed_training_views_are_bit_identical(tiny_rec: Path) -> None:
+    module = FaceDataModule(str(tiny_rec), batch_size=12, num_workers=0, train_resolution=14, seed=3)
+    batch = next(iter(module.train_dataloader()))
+    check_proposed_views(module, batch)  # raises if any view differs
+    state = module.generator.get_state()
+    expected = module.training_views(batch["image"].clone(), batch["label"])
+    module.generator.set_state(state)
+    actual = proposed_training_views(module, batch["image"].clone(), batch["label"])
+    assert torch.equal(actual["hr"], expected["hr"]) and torch.equal(actual["lr"], expected["lr"])
+    assert not torch.equal(actual["hr"], actual["lr"])
+
+
+def test_proposed_training_views_refuse_random_interpolation(tiny_rec: Path) -> None:
+    module = FaceDataModule(str(tiny_rec), batch_size=4, num_workers=0, train_resolution=14,
+                            train_interpolation="random")
+    with pytest.raises(ValueError, match="fixed nearest policies only"):
+        proposed_training_views(module, torch.zeros(4, 3, 112, 112, dtype=torch.uint8), torch.zeros(4))
