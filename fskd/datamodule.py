@@ -4,6 +4,13 @@ The loader workers only decode (and optionally run albumentations); flipping, no
 low-resolution degradation run in `on_after_batch_transfer`, batched on whatever device the batch reaches, with
 draws from a generator owned by the DataModule so that they are reproducible from the seed.
 
+The training order comes from `fskd.sampler.ResumableSampler`: defined for the global batch, so it does not
+depend on the number of processes, and resumable mid-epoch. Its position and the flip/degradation generator are
+the DataModule's state (saved in checkpoints) and advance together, once per training batch that reaches the
+model (`on_after_batch_transfer`). The generator draws for the whole global batch on every process, each process
+keeping the draws of its own samples, so these draws do not depend on the number of processes either. Optional
+albumentations augmentations (in the workers) are seeded per sample from ``(seed, epoch, index)``.
+
 Training batches become ``{"hr", "lr", "label"}``: ``hr`` the (flipped) normalised image, ``lr`` the same image
 degraded by the training resolution policy (``lr is hr`` for policy 112). The teacher and the no-distillation
 baselines train on ``lr``; the distillation student sees ``lr`` while its teacher sees ``hr``.
@@ -25,9 +32,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fskd.data.datasets import has_verification_set, open_training_set, open_verification_set, read_property
-from fskd.data.degrade import MODES, RANDOM_MODES, Degradation, degrade_fixed
+from fskd.data.degrade import MODES, RANDOM_MODES, Degradation, DegradationPlan, degrade_fixed
+from fskd.data.errors import DataFormatError
 from fskd.data.folder import VERIFICATION_SETS
 from fskd.data.images import IMAGE_SIZE, normalize
+from fskd.sampler import ResumableSampler
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +69,52 @@ def _parse_resolution(value: int | str, image_size: int) -> tuple[int, bool]:
 
 
 class _Augmented(Dataset):
-    """Applies an albumentations pipeline to the uint8 (3, H, W) image of each item (in the worker)."""
+    """Applies an albumentations pipeline to the uint8 (3, H, W) image of each item (in the worker).
 
-    def __init__(self, dataset: Dataset, transform: Any) -> None:
+    Keys are ``(index, epoch)`` pairs (`ResumableSampler` with ``with_epoch``) or plain indices (epoch 0). Every
+    transform of the pipeline is seeded from ``(seed, epoch, index)`` before each sample, so the augmentation of
+    a sample depends neither on the worker that loads it nor on what that worker loaded before: exact after a
+    resume, with any number of workers.
+    """
+
+    def __init__(self, dataset: Dataset, transform: Any, seed: int = 0) -> None:
         self.dataset = dataset
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _reseed(self, index: int, epoch: int) -> None:
+        transforms = list(self.transform.transforms)
+        seeds = np.random.SeedSequence([self.seed, epoch, index]).generate_state(len(transforms) + 1)
+        self.transform.set_random_seed(int(seeds[0]))
+        # Distinct seeds per transform: one shared seed would make their random draws identical (correlated).
+        for transform, seed in zip(transforms, seeds[1:], strict=True):
+            transform.set_random_seed(int(seed))
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        self._reseed(int(index), int(epoch))
         item = dict(self.dataset[index])
         image = item["image"].permute(1, 2, 0).numpy()
         item["image"] = torch.from_numpy(self.transform(image=image)["image"]).permute(2, 0, 1).contiguous()
         return item
+
+
+class _TrainLoader(DataLoader):
+    """The training DataLoader, resumable through its `ResumableSampler`.
+
+    Lightning saves ``state_dict()`` with the fit loop and recognises the loader as resumable (no mid-epoch
+    warning). The same position is also in the DataModule's state, restored earlier, so loading it here again is
+    a no-op kept for consistency.
+    """
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
 
 
 class FaceDataModule(L.LightningDataModule):
@@ -93,7 +134,10 @@ class FaceDataModule(L.LightningDataModule):
         val_sets: verification sets to evaluate; ``None`` = those of agedb_30, lfw, cfp_fp that exist in root.
         val_resolutions: evaluation resolutions, e.g. ``[112, 56, 28, 14]``; ``cross14`` for HR-vs-14 pairs.
         val_interpolation: fixed degradation mode for evaluation (``nearest`` as the paper-era code).
-        seed: seed of the flip/degradation generator (offset by the process rank).
+        drop_last: drop the last, partial global batch of each epoch; by default it is completed with the first
+            samples of the same epoch's order, so that every batch is full whatever the number of processes.
+        seed: seed of the training order (`fskd.sampler.ResumableSampler`), of the flip/degradation generator
+            and of the per-sample albumentations draws.
         predict_source: for ``predict``: a folder of images (recursive) or a ``.rec`` file; ``None`` = the
             verification images. Use with ``fskd.prediction.EmbeddingWriter`` to write ``.npy`` + names.
         predict_resolution: degrade the ``predict`` images to this size and back (112 = as they are).
@@ -147,18 +191,36 @@ class FaceDataModule(L.LightningDataModule):
         self.predict_resolution, _ = _parse_resolution(predict_resolution, image_size)
         self.predict_set: Dataset | None = None
         self._num_classes: int | None = None
+        self._opened_train_set: Dataset | None = None
+        self.train_sampler: ResumableSampler | None = None
+        self._pending_position: dict[str, int] | None = None
 
     # -- sizes -------------------------------------------------------------------------------------------------
     @property
     def num_classes(self) -> int:
-        """Number of training identities (from ``property``, else from the training set), for the model's head."""
+        """Number of training identities (from ``property``, else from the training set), for the model's head.
+
+        A ``property`` that contradicts the training set fails here, before the model (and its head) is built.
+        """
         if self._num_classes is None:
             prop = read_property(self.root)
             if prop is not None:
                 self._num_classes = prop[0]
+                try:
+                    train_set = self._base_training_set()
+                except FileNotFoundError:
+                    train_set = None  # evaluation-only folder: property + verification sets
+                if train_set is not None:
+                    self._check_classes(train_set)
             else:
-                self._num_classes = open_training_set(self.root, self.image_size).num_classes
+                self._num_classes = self._base_training_set().num_classes
+                self._check_classes(self._base_training_set())
         return self._num_classes
+
+    def _base_training_set(self) -> Dataset:
+        if self._opened_train_set is None:
+            self._opened_train_set = open_training_set(self.root, self.image_size)
+        return self._opened_train_set
 
     def _world_size(self) -> int:
         trainer = getattr(self, "trainer", None)
@@ -176,16 +238,36 @@ class FaceDataModule(L.LightningDataModule):
 
     # -- setup -------------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        # Different draws on each process, reproducible from the seed.
-        self.generator = torch.Generator().manual_seed(self.seed + self._rank())
+        # The same draws on every process (each keeps those of its samples); a resume restores the state after
+        # this (Lightning calls setup before loading the checkpoint).
+        self.generator = torch.Generator().manual_seed(self.seed)
+        if stage in (None, "fit"):
+            self.train_sampler, self._pending_position = None, None
         if stage in (None, "fit") and self.train_set is None:
-            train_set = open_training_set(self.root, self.image_size)
-            if self.num_classes != train_set.num_classes:
-                log.warning("property says %d classes, the training set %d", self.num_classes,
-                            train_set.num_classes)
+            train_set = self._base_training_set()
+            self._check_classes(train_set)
             self.train_set = self._with_augmentation(train_set)
         if not self.val_specs:
             self._setup_verification()
+
+    def _check_classes(self, train_set: Dataset) -> None:
+        """Fail before training when ``property`` contradicts the training set: fewer classes than the record
+        header lists (labels past the model's head would fail only when drawn) or more classes than images (an
+        absurd count would allocate a huge head)."""
+        num_classes = self._num_classes if self._num_classes is not None else self.num_classes
+        property_path = f"{self.root}/property"
+        if num_classes != train_set.num_classes:
+            log.warning("property says %d classes, the training set %d", num_classes, train_set.num_classes)
+        records = getattr(train_set, "records", None)
+        ranges = getattr(records, "identity_ranges", None)
+        if ranges is not None and len(ranges) > num_classes:
+            raise DataFormatError(property_path, f"says {num_classes} classes but the header of "
+                                  f"{getattr(train_set, 'rec_path', 'train.rec')} lists {len(ranges)} identities; "
+                                  "labels past the model's head would fail in the middle of training")
+        if num_classes > len(train_set):
+            source = "says" if read_property(self.root) is not None else "(absent; labels counted) gives"
+            raise DataFormatError(property_path, f"{source} {num_classes} classes for {len(train_set)} training "
+                                  "images (more classes than images: a wrong property file or label?)")
 
     def _setup_verification(self) -> None:
         names = self.val_sets
@@ -212,21 +294,34 @@ class FaceDataModule(L.LightningDataModule):
         if self.crop_p:
             transforms.append(A.RandomResizedCrop(size=(self.image_size, self.image_size), scale=(0.8, 1.0),
                                                   ratio=(0.9, 1.1), p=self.crop_p))
-        return _Augmented(dataset, A.Compose(transforms))
+        return _Augmented(dataset, A.Compose(transforms), seed=self.seed)
 
     # -- loaders -----------------------------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory and torch.cuda.is_available(),
-                          persistent_workers=self.num_workers > 0, prefetch_factor=4 if self.num_workers else None)
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: ResumableSampler | None = None,
+                loader_class: type[DataLoader] = DataLoader) -> DataLoader:
+        # An own generator: creating an iterator then draws worker seeds from it, not from the global torch RNG,
+        # so validation and new epochs leave the global RNG (dropout) exactly where an uninterrupted run has it.
+        return loader_class(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+                            pin_memory=self.pin_memory and torch.cuda.is_available(),
+                            persistent_workers=self.num_workers > 0,
+                            prefetch_factor=4 if self.num_workers else None,
+                            generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             self.setup("fit")
-        return self._loader(self.train_set, self.per_device_batch_size(), shuffle=True, drop_last=self.drop_last)
+        batch_size = self.per_device_batch_size()
+        sampler = ResumableSampler(self.train_set, batch_size * self._world_size(), self._world_size(),
+                                   self._rank(), seed=self.seed, drop_last=self.drop_last,
+                                   with_epoch=isinstance(self.train_set, _Augmented))
+        position = self.train_sampler.state_dict() if self.train_sampler is not None else self._pending_position
+        if position is not None:
+            sampler.load_state_dict(position)
+        self.train_sampler, self._pending_position = sampler, None
+        return self._loader(self.train_set, batch_size, sampler, loader_class=_TrainLoader)
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(d, self.val_batch_size, shuffle=False) for d in self.val_datasets]
+        return [self._loader(d, self.val_batch_size) for d in self.val_datasets]
 
     def test_dataloader(self) -> list[DataLoader]:
         return self.val_dataloader()
@@ -238,7 +333,7 @@ class FaceDataModule(L.LightningDataModule):
             from fskd.prediction import PredictionImages
 
             self.predict_set = PredictionImages(self.predict_source, self.image_size)
-        return self._loader(self.predict_set, self.val_batch_size, shuffle=False)
+        return self._loader(self.predict_set, self.val_batch_size)
 
     @property
     def predict_names(self) -> list[str] | None:
@@ -248,7 +343,11 @@ class FaceDataModule(L.LightningDataModule):
     # -- on-device transforms ----------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, Any]:
         if "label" in batch:
-            return self.training_views(batch["image"], batch["label"])
+            views = self.training_views(batch["image"], batch["label"])
+            if self.train_sampler is not None:
+                # This batch reaches the model: the position moves with the generator that just drew for it.
+                self.train_sampler.advance(batch["label"].shape[0] * self._world_size())
+            return views
         trainer = getattr(self, "trainer", None)
         if self.predict_source is not None and trainer is not None and trainer.predicting:
             image = degrade_fixed(normalize(batch["image"]), self.predict_resolution, self.val_interpolation)
@@ -256,12 +355,24 @@ class FaceDataModule(L.LightningDataModule):
         return self.evaluation_views(batch["image"], batch["index"], self.val_specs[dataloader_idx])
 
     def training_views(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Flip, normalise and degrade one training batch; HR and LR views share the same flip."""
+        """Flip, normalise and degrade one training batch; HR and LR views share the same flip.
+
+        The draws are made for the global batch (this batch times the number of processes) and this process
+        keeps those of its slots ``rank, rank + W, ...``, the slots `ResumableSampler` gives it.
+        """
+        world, rank = self._world_size(), self._rank()
+        total = images.shape[0] * world
         hr = normalize(images)
         if self.flip:
-            flip = (torch.rand(hr.shape[0], generator=self.generator) < 0.5).to(hr.device)
+            flip = (torch.rand(total, generator=self.generator)[rank::world] < 0.5).to(hr.device)
             hr = torch.where(flip[:, None, None, None], hr.flip(-1), hr)
-        lr = self.degradation(hr, self.generator)
+        if self.degradation.is_identity:
+            lr = hr
+        else:
+            plan = self.degradation.sample(total, self.generator)
+            mine = DegradationPlan(plan.resolution[rank::world], plan.down_mode[rank::world],
+                                   plan.up_mode[rank::world])
+            lr = self.degradation.apply(hr, mine)
         return {"hr": hr, "lr": lr, "label": labels.long()}
 
     def evaluation_views(self, images: torch.Tensor, index: torch.Tensor, spec: EvalSpec) -> dict[str, torch.Tensor]:
@@ -275,8 +386,18 @@ class FaceDataModule(L.LightningDataModule):
 
     # -- state -------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
+        """Generator and training position; the same on every process and independent of their number."""
+        if self.train_sampler is not None:
+            position = self.train_sampler.state_dict()
+        else:
+            position = self._pending_position or {"epoch": 0, "consumed": 0}
+        return {"generator": self.generator.get_state(), "position": dict(position)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "generator" in state_dict:
             self.generator.set_state(state_dict["generator"])
+        if "position" in state_dict:
+            if self.train_sampler is not None:
+                self.train_sampler.load_state_dict(state_dict["position"])
+            else:
+                self._pending_position = dict(state_dict["position"])

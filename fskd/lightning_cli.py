@@ -1,13 +1,36 @@
-"""LightningCLI wiring: the number of classes flows from the data into the model, checkpoints keep ``last.ckpt``."""
+"""LightningCLI wiring: the number of classes flows from the data into the model, checkpoints keep ``last.ckpt``.
+
+Reliability defaults (see docs/reliability.md): the checkpoint callback (`fskd.callbacks.FskdCheckpoint`, a
+``ModelCheckpoint``) rewrites ``last.ckpt`` when training ends and also saves on an exception or SIGTERM
+(``checkpoint.save_on_exception``), so ``fit --ckpt_path last`` resumes a stopped or preempted run; the global
+RNG states travel in checkpoints (`fskd.callbacks.GlobalRNGState`); SIGTERM stops all processes together at a batch
+boundary (`fskd.callbacks.GracefulSigterm`); checkpoints are written atomically and
+loaded weights-only (`fskd.checkpoint_io.SafeCheckpointIO`). A run stopped by SIGTERM exits with status 143
+after its checkpoint is written, so that job scripts can tell it from a finished one.
+"""
 
 from __future__ import annotations
 
-import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+import logging
+import pickle
+import signal
+from typing import Any
 
+import torch
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from fskd.callbacks import FskdCheckpoint, GlobalRNGState, GracefulSigterm
+from fskd.checkpoint_io import SafeCheckpointIO
 from fskd.datamodule import FaceDataModule
 from fskd.systems.base import FaceRecognitionModule
+
+log = logging.getLogger(__name__)
+
+#: Exit status of a run stopped by SIGTERM (128 + SIGTERM, as a shell reports a process killed by it).
+SIGTERM_EXIT_STATUS = 128 + int(signal.SIGTERM)
 
 TRAINER_DEFAULTS = {
     "logger": [
@@ -32,16 +55,48 @@ class FskdCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("auto_configure_optimizers", False)
-        super().__init__(*args, **kwargs)
+        try:
+            super().__init__(*args, **kwargs)
+        except SIGTERMException:
+            log.warning("stopped by SIGTERM; the checkpoint callback saved the state: resume with "
+                        "--ckpt_path last")
+            raise SystemExit(SIGTERM_EXIT_STATUS) from None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data", "model.init_args.num_classes", compute_fn=lambda data: data.num_classes,
                               apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FskdCheckpoint, "checkpoint")
         # Defaults as config values (not instances) so that a config file can still replace them.
-        parser.set_defaults({"checkpoint.save_last": True, **{f"trainer.{k}": v for k, v in TRAINER_DEFAULTS.items()}})
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_on_exception": True,
+                             **{f"trainer.{k}": v for k, v in TRAINER_DEFAULTS.items()}})
         parser.add_argument("--matmul_precision", default="highest", choices=["highest", "high", "medium"],
                             help="torch.set_float32_matmul_precision (TF32 on Ampere+ with 'high')")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads a ``--ckpt_path`` file itself (weights-only) to take the model's hyper-parameters
+        # from it; turn its refusals into the same clear errors as `SafeCheckpointIO` gives.
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        try:
+            super()._parse_ckpt_path()
+        except pickle.UnpicklingError as error:
+            raise ValueError(f"{path}: refused to load: weights-only loading rejects pickled code or unknown "
+                             f"objects ({str(error).splitlines()[0]})") from None
+        except (RuntimeError, EOFError) as error:
+            raise ValueError(f"{path}: not a readable checkpoint ({str(error).splitlines()[0]})") from None
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The configured trainer plus `GlobalRNGState`, `GracefulSigterm` and, unless a CheckpointIO plugin
+        is configured, `SafeCheckpointIO` (added here, so configs that replace callbacks or plugins keep them)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        for callback_class in (GlobalRNGState, GracefulSigterm):
+            if not any(isinstance(c, callback_class) for c in trainer.callbacks):
+                trainer.callbacks.append(callback_class())
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config

@@ -32,6 +32,11 @@ class FaceRecognitionModule(L.LightningModule):
         lr, momentum, nesterov, weight_decay: SGD as the authors (weight decay on every parameter).
         milestones, gamma: learning-rate decay points in optimizer steps (iterations), as the authors.
         protocols: verification protocols computed at validation; the first is logged as ``acc``.
+        check_finite_loss: stop with a `FloatingPointError` naming the step and the loss terms when a loss is
+            NaN or infinite, before the backward pass, so that the weights (and the checkpoint written on the
+            way out) are those of the last good step; the buffers the failed forward pass updated (BatchNorm
+            running statistics) are put back too. Costs a copy of those buffers, one host synchronisation and,
+            under DDP, one tiny all-reduce (so that every process stops together) per step.
     """
 
     monitor = "val/mean_acc"
@@ -54,6 +59,7 @@ class FaceRecognitionModule(L.LightningModule):
         milestones: Sequence[int] = PAPER_MILESTONES,
         gamma: float = 0.1,
         protocols: Sequence[str] = ("fskd", "insightface"),
+        check_finite_loss: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -62,6 +68,7 @@ class FaceRecognitionModule(L.LightningModule):
         self.head = create_head(head, embedding_size, num_classes, **(head_kwargs or {}))
         self.val_metrics = nn.ModuleList()
         self.val_specs: list = []
+        self._buffers_before_step: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # -- model -------------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -75,6 +82,41 @@ class FaceRecognitionModule(L.LightningModule):
         self.log(f"{prefix}/ce", loss, prog_bar=True)
         self.log(f"{prefix}/acc", accuracy)
         return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.hparams.get("check_finite_loss", True):
+            # Buffers that this step's forward pass may change (running statistics of modules in training mode).
+            self._buffers_before_step = [
+                (buffer, buffer.detach().clone()) for module in self.modules() if module.training
+                for buffer in module.buffers(recurse=False)
+            ]
+
+    def check_finite(self, batch_idx: int, **terms: torch.Tensor) -> None:
+        """Raise `FloatingPointError` if any loss term is NaN/inf on any process (all processes raise together).
+
+        Called by ``training_step`` before it returns the loss, i.e. before backward and the optimizer step.
+        """
+        if not self.hparams.get("check_finite_loss", True):
+            return
+        values = torch.stack([value.detach().float().reshape(()) for value in terms.values()])
+        bad = not bool(torch.isfinite(values).all())
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        with torch.no_grad():
+            for buffer, saved in self._buffers_before_step:
+                buffer.copy_(saved)
+        where = ""
+        if trainer is not None:
+            where = f" (epoch {self.current_epoch}, batch {batch_idx} of the epoch, process {trainer.global_rank})"
+        details = ", ".join(f"{name}={value.item():.6g}" for name, value in zip(terms, values, strict=True))
+        raise FloatingPointError(
+            f"non-finite loss at optimizer step {self.global_step + 1}{where}: {details} (a NaN/inf on any process "
+            "stops all of them). Training stopped before this step's backward pass: the weights, and the "
+            "checkpoint written on exit, are those after step " f"{self.global_step}; resuming from it continues "
+            "with the next batch. Lower the learning rate or use --trainer.precision 32-true / bf16-mixed.")
 
     # -- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

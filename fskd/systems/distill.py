@@ -102,6 +102,7 @@ class DistillModule(FaceRecognitionModule):
         ce = self.classification_loss(student.embedding, batch["label"], "train")
         distill = self.distillation(student, teacher)
         loss = ce + self.distill_weight * distill
+        self.check_finite(batch_idx, ce=ce, distill=distill, loss=loss)
         self.log("train/distill", distill, prog_bar=True)
         self.log("train/loss", loss)
         return loss

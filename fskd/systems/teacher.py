@@ -17,5 +17,6 @@ class TeacherModule(FaceRecognitionModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         embedding = self.backbone(batch["lr"]).embedding
         loss = self.classification_loss(embedding, batch["label"], "train")
+        self.check_finite(batch_idx, ce=loss)
         self.log("train/loss", loss)
         return loss

@@ -1,0 +1,202 @@
+"""Callbacks that make a resumed run continue exactly: the checkpoint at the end of training, the global RNGs.
+
+`FskdCheckpoint` is Lightning's ``ModelCheckpoint`` with fixes for resuming: ``last.ckpt`` is always
+rewritten when training ends (Lightning skips it when the run already wrote one, so a run stopped by
+``max_steps`` between validations left a stale one), a fit stopped mid-epoch by ``max_steps`` is recorded as
+mid-epoch (Lightning's epoch count would drift by one on resume), and ``save_on_exception`` saves only while
+fitting (``validate``/``test`` failing would otherwise overwrite the run's ``last.ckpt`` with a checkpoint
+without optimizer state).
+
+`GracefulSigterm` replaces Lightning's SIGTERM handler during ``fit``. Lightning 2.6's handler broadcasts
+from inside the signal handler and forwards the signal to the processes it launched; when every process gets
+SIGTERM (SLURM, ``kill`` of a process group) the processes run mismatched collectives and crash without a
+checkpoint. Here the handler only records the request; at the end of each training batch the processes agree
+(one tiny all-reduce) and all stop together at the same batch boundary, after that step's validation if one is
+due, through Lightning's usual SIGTERM path (checkpoint written by ``save_on_exception``).
+
+`GlobalRNGState` saves the global torch (CPU and current CUDA device), numpy and Python ``random`` states
+in every checkpoint and puts them back when training resumes. The training order, the flips and the
+degradation have their own generators (``fskd.datamodule``); the global torch generator still drives dropout
+and anything a user adds. The states are stored as tensors and plain numbers, so checkpoints stay loadable
+with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+
+log = logging.getLogger(__name__)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The global RNG states of this process, in a weights-only-loadable form."""
+    numpy_state = np.random.get_state(legacy=True)
+    python_version, python_internal, python_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(numpy_state[0]),
+            "keys": torch.from_numpy(np.asarray(numpy_state[1], dtype=np.int64)),
+            "pos": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "cached_gaussian": float(numpy_state[4]),
+        },
+        "python": {"version": int(python_version), "gauss_next": python_gauss,
+                   "internal": torch.tensor(python_internal, dtype=torch.int64)},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `capture_rng_state` (missing parts are left alone)."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    if "numpy" in state:
+        saved = state["numpy"]
+        np.random.set_state((saved["kind"], saved["keys"].numpy().astype(np.uint32), int(saved["pos"]),
+                             int(saved["has_gauss"]), float(saved["cached_gaussian"])))
+    if "python" in state:
+        saved = state["python"]
+        random.setstate((int(saved["version"]), tuple(int(v) for v in saved["internal"].tolist()),
+                         saved["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
+class GlobalRNGState(L.Callback):
+    """Saves the global RNG states with every checkpoint and restores them when a resumed fit starts training.
+
+    They are applied at ``on_train_start`` (after the sanity check and after the training loader's iterator
+    exists), the point that matches where the saving run continued. Every process gets the states of rank 0:
+    all ranks are seeded alike and draw alike, so they hold the same states anyway.
+    """
+
+    def __init__(self) -> None:
+        self._to_restore: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return capture_rng_state()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._to_restore = dict(state_dict)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._to_restore is not None:
+            restore_rng_state(self._to_restore)
+            self._to_restore = None
+
+
+class FskdCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` always holds the final state of a fit (see the module doc)."""
+
+    # A class attribute, not an __init__: the CLI reads the options from ModelCheckpoint's own signature.
+    _saving_at_train_end = False
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._saving_at_train_end = True
+            try:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            finally:
+                self._saving_at_train_end = False
+        super().on_train_end(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        """A fit stopped by ``max_steps`` in the middle of an epoch has already counted that epoch as finished
+        when ``on_train_end`` runs; record it as unfinished, as a checkpoint taken after the same batch would,
+        so that a resumed run keeps Lightning's epoch numbers (its data order does not depend on them)."""
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if not self._saving_at_train_end or epoch_loop.batch_progress.is_last_batch:
+            return
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress")
+        if not progress:
+            return
+        for counter in ("current", "total"):
+            if progress[counter]["completed"] == progress[counter]["started"]:
+                progress[counter]["processed"] -= 1
+                progress[counter]["completed"] -= 1
+        checkpoint["epoch"] = progress["current"]["completed"]
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_exception(trainer, pl_module, exception)
+
+
+class GracefulSigterm(L.Callback):
+    """SIGTERM during ``fit``: stop every process at the same batch boundary, then save (see the module doc).
+
+    ``requested`` is set by the signal handler of this process; the decision to stop is taken together at
+    ``on_train_batch_end``. When validation is due after that batch, the stop waits for its end, so that no
+    checkpoint is taken in the middle of a validation.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._after_validation = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.requested:
+            log.warning("received SIGTERM: stopping after the current training batch, then saving")
+        self.requested = True
+
+    def _install(self, trainer: L.Trainer) -> None:
+        # Lightning registers its handlers just before the sanity check; replace them for this fit (Lightning
+        # restores the original handlers when the fit ends).
+        if trainer.state.fn == TrainerFn.FITTING and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install(trainer)
+
+    @staticmethod
+    def _stop(trainer: L.Trainer) -> None:
+        # Lightning raises SIGTERMException at the end of this batch (after validation) on every process.
+        trainer._signal_connector.received_sigterm = True
+
+    @staticmethod
+    def _validation_due(trainer: L.Trainer) -> bool:
+        epoch_loop = trainer.fit_loop.epoch_loop
+        try:
+            return bool(epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+        except Exception:  # another Lightning version: stop now rather than never
+            return False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._after_validation:
+            # The validation we waited for did not run (no validation data): stop after this batch.
+            self._after_validation = False
+            self._stop(trainer)
+            return
+        stop = self.requested
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        self.requested = True
+        if self._validation_due(trainer):
+            self._after_validation = True
+        else:
+            self._stop(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._after_validation and not trainer.sanity_checking:
+            self._after_validation = False
+            self._stop(trainer)

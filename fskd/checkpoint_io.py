@@ -1,0 +1,96 @@
+"""`SafeCheckpointIO`: checkpoints written atomically and read without unpickling code.
+
+* Saving writes a temporary file next to the target, flushes it to disk, then renames it over the target
+  (``os.replace``, atomic on POSIX). A full disk, a quota or a kill in the middle of a save leaves the
+  previous ``last.ckpt`` untouched and no partial file behind. (Lightning's own writer stages the file in the
+  system temporary folder and moves it: a copy over the target when that folder is on another device.)
+* Loading (``fit --ckpt_path``, ``validate --ckpt_path`` ...) always uses ``torch.load(weights_only=True)``:
+  a checkpoint holding pickled code is refused with a clear error and nothing in it runs. fskd checkpoints
+  hold only tensors and plain values, so they never need more (``--weights_only false`` is ignored).
+
+`fskd.lightning_cli.FskdCLI` installs it unless the trainer's plugins already name a CheckpointIO.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
+
+
+def _is_local(path: str | os.PathLike) -> bool:
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+def _local(path: str | os.PathLike) -> Path:
+    return Path(str(path).removeprefix("file://"))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the target's folder, fsync, then rename it over ``path``."""
+    target = _local(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        with open(partial, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(partial, target)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        if isinstance(error, (OSError, RuntimeError)):
+            raise OSError(f"{target}: could not write the checkpoint ({error}); the previous file, if any, "
+                          "is unchanged") from error
+        raise
+    # Make the rename itself durable (best effort: not every filesystem can fsync a directory).
+    with contextlib.suppress(OSError):
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def safe_torch_load(path: str | os.PathLike, map_location: Any = None) -> Any:
+    """``torch.load(weights_only=True)`` with errors that name the file and say why it was refused."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{path}: refused to load: weights-only loading rejects pickled code or unknown "
+                         f"objects ({str(error).splitlines()[0]})") from None
+    except (RuntimeError, EOFError) as error:
+        raise ValueError(f"{path}: not a readable checkpoint ({str(error).splitlines()[0]})") from None
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning CheckpointIO with atomic local saves and weights-only loads (see the module docstring)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None or not _is_local(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: str | os.PathLike,
+                        map_location: Callable | None = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        if weights_only is False:
+            log.warning("%s: loading weights-only although weights_only=False was asked; fskd checkpoints "
+                        "never need to unpickle code", path)
+        if not _is_local(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        if not _local(path).is_file():
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        return safe_torch_load(_local(path), map_location=map_location)

@@ -1,0 +1,210 @@
+"""Faults and hostile input through the real command line: each stops with an error naming its cause, before
+training where it can be known then, and never leaves a corrupt or code-executing checkpoint behind."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import resource
+import shutil
+import signal
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+import fskd.checkpoint_io
+from fskd.checkpoint_io import SafeCheckpointIO
+from fskd.cli import lightning_main
+from fskd.data.errors import DataFormatError
+from fskd.data.recordio import FaceRecordFile, IndexedRecordWriter, IRHeader, pack
+from fskd.systems import TeacherModule
+from tests.reliability_support import (
+    STUDENT_CONFIG,
+    TEACHER_CONFIG,
+    TINY,
+    NaNAtStep,
+    checkpoint_path,
+    fit,
+    make_tiny_dataset,
+    single_thread,
+    working_directory,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def data_copy(tiny_root: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_root, copy)
+    return copy
+
+
+def _teacher_ckpt(path: Path, width: float = 0.125) -> Path:
+    """A TeacherModule checkpoint in Lightning's layout, as DistillModule reads it."""
+    teacher = TeacherModule(num_classes=10, backbone="iresnet18", width=width, embedding_size=32)
+    torch.save({"state_dict": teacher.state_dict(), "hyper_parameters": dict(teacher.hparams)}, path)
+    return path
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+# -- non-finite loss -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("system", ["teacher", "student"])
+def test_nonfinite_loss_stops_naming_step_and_terms_with_the_good_weights_saved(
+        system: str, tiny_root: Path, tmp_path: Path) -> None:
+    config, extra, terms = TEACHER_CONFIG, [], r"ce=nan"
+    if system == "student":
+        config, terms = STUDENT_CONFIG, r"ce=nan, distill=nan, loss=nan"
+        extra = ["--model.teacher_ckpt", str(_teacher_ckpt(tmp_path / "teacher.ckpt"))]
+    with working_directory(tmp_path), single_thread():
+        cli = lightning_main(["--config", config, *TINY, "--data.root", str(tiny_root), *extra,
+                              "--trainer.max_steps", "8"], run=False)
+        poison = NaNAtStep(step=5)  # poisons the input: the forward pass also feeds NaN into BN statistics
+        cli.trainer.callbacks.insert(0, poison)
+        expected = r"non-finite loss at optimizer step 5 \(epoch 1, batch 1 of the epoch, process 0\): "
+        with pytest.raises(FloatingPointError, match=expected + terms + " .*after step 4"):
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    saved = torch.load(checkpoint_path(tmp_path, config), weights_only=True)
+    assert saved["global_step"] == 4
+    good = poison.weights[4]
+    assert saved["state_dict"].keys() == {k for k in good if not k.startswith("teacher.")}
+    for key, value in saved["state_dict"].items():
+        assert torch.equal(value, good[key]), key  # weights and running statistics from before step 5
+    assert (checkpoint_path(tmp_path, config, "epoch=1-step=4.ckpt")).is_file()
+
+
+# -- data faults ---------------------------------------------------------------------------------------------
+def test_corrupt_record_read_by_a_worker_stops_the_fit_naming_file_and_record(data_copy: Path,
+                                                                            tmp_path: Path) -> None:
+    offsets = dict(line.split("\t") for line in (data_copy / "train.idx").read_text().splitlines())
+    data = bytearray((data_copy / "train.rec").read_bytes())
+    start = int(offsets["20"])
+    data[start + 4:start + 8] = struct.pack("<I", 2**29 - 1)  # record 20 claims a 512 MiB payload
+    (data_copy / "train.rec").write_bytes(bytes(data))
+    expected = r"train\.rec \(record 20\): truncated record: segment at offset \d+ declares 536870911 bytes"
+    with single_thread(), pytest.raises(DataFormatError, match=expected):
+        fit(tmp_path, "--data.root", str(data_copy), "--data.num_workers", "1", "--trainer.max_steps", "3")
+    # The state before the failing batch was saved on the way out; resuming after the repair continues there.
+    saved = torch.load(checkpoint_path(tmp_path), weights_only=True)
+    assert saved["FaceDataModule"]["position"]["consumed"] == 16 * saved["global_step"]
+
+
+@pytest.mark.parametrize(("classes", "message"), [
+    (5, r"property: says 5 classes but the header of .*train\.rec lists 10 identities"),
+    (10**6, r"property: says 1000000 classes for 40 training images"),
+])
+def test_property_contradicting_the_records_fails_before_the_model_is_built(
+        classes: int, message: str, data_copy: Path, tmp_path: Path) -> None:
+    (data_copy / "property").write_text(f"{classes},112,112")
+    with pytest.raises(ValueError, match=message):
+        fit(tmp_path, "--data.root", str(data_copy), "--trainer.max_steps", "3")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_label_past_the_head_fails_naming_label_and_record(data_copy: Path, tmp_path: Path) -> None:
+    """Without a record header nothing tells the classes in advance: the first such label stops the run."""
+    faces = FaceRecordFile(data_copy / "train.rec", data_copy / "train.idx")
+    images = [faces.read_image(i) for i in range(len(faces))]
+    faces.close()
+    with IndexedRecordWriter(data_copy / "train.rec", data_copy / "train.idx") as writer:
+        for key, (label, payload) in enumerate(images, start=1):
+            writer.write(key, pack(IRHeader(0, float(label), key, 0), payload))
+    (data_copy / "property").write_text("5,112,112")
+    expected = r"train\.rec \(record \d+\): label [5-9] outside 0\.\.4"
+    with single_thread(), pytest.raises(DataFormatError, match=expected):
+        fit(tmp_path, "--data.root", str(data_copy), "--trainer.max_steps", "3")
+
+
+def test_missing_or_wrong_teacher_fails_before_training(tiny_root: Path, tmp_path: Path) -> None:
+    student = ["--data.root", str(tiny_root), "--trainer.max_steps", "2"]
+    # jsonargparse reports errors raised while building the model as ValueErrors that keep the message.
+    with pytest.raises((FileNotFoundError, ValueError), match=r"nowhere\.ckpt: checkpoint not found"):
+        fit(tmp_path, *student, "--model.teacher_ckpt", str(tmp_path / "nowhere.ckpt"), config=STUDENT_CONFIG)
+    wide = _teacher_ckpt(tmp_path / "wide.ckpt", width=0.25)
+    with pytest.raises(ValueError, match=r"wide\.ckpt: teacher stage channels \(16, 32, 64, 128\) differ"):
+        fit(tmp_path, *student, "--model.teacher_ckpt", str(wide), config=STUDENT_CONFIG)
+    assert not (tmp_path / "runs").exists()
+
+
+# -- checkpoints: disk full, pickled code --------------------------------------------------------------------
+def test_checkpoint_write_failing_midway_leaves_the_previous_file(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    io = SafeCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "weights": torch.ones(1000)}, target)
+    original = target.read_bytes()
+    real_save = torch.save
+
+    def half_then_enospc(obj, stream, *args, **kwargs) -> None:
+        real_save(obj, stream, *args, **kwargs)
+        stream.seek(stream.tell() // 2)
+        stream.truncate()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fskd.checkpoint_io.torch, "save", half_then_enospc)
+    expected = r"last\.ckpt: could not write the checkpoint .*No space left.*the previous file.* is unchanged"
+    with pytest.raises(OSError, match=expected):
+        io.save_checkpoint({"global_step": 2, "weights": torch.zeros(1000)}, target)
+    assert target.read_bytes() == original and os.listdir(tmp_path) == ["last.ckpt"]
+    assert io.load_checkpoint(target)["global_step"] == 1
+
+
+def test_disk_full_during_a_fit_keeps_the_previous_last_ckpt(tiny_root: Path, tmp_path: Path) -> None:
+    """A real write error (the file-size limit, as a full disk) while saving the final checkpoint."""
+    with single_thread():
+        fit(tmp_path, "--data.root", str(tiny_root), "--trainer.max_steps", "2",
+            "--trainer.val_check_interval", "2")
+        last = checkpoint_path(tmp_path)
+        original = last.read_bytes()
+        with working_directory(tmp_path):
+            cli = lightning_main(["--config", TEACHER_CONFIG, *TINY, "--data.root", str(tiny_root),
+                                  "--trainer.max_steps", "3", "--trainer.val_check_interval", "2"], run=False)
+        assert isinstance(cli.trainer.strategy.checkpoint_io, SafeCheckpointIO)
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(original) // 2, hard))
+        try:
+            with working_directory(tmp_path), pytest.raises(OSError, match="could not write the checkpoint"):
+                cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path="last")
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, previous_handler)
+    assert last.read_bytes() == original
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    assert not [p.name for p in last.parent.iterdir() if "partial" in p.name]
+
+
+@pytest.mark.parametrize("command", [["fit"], ["fit", "--weights_only", "false"], ["validate"]])
+def test_checkpoint_with_pickled_code_is_refused_by_the_cli(command: list[str], tiny_root: Path,
+                                                           tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "global_step": 1, "loops": _Exploit(marker)}, evil)
+    with pytest.raises(ValueError, match=r"evil\.ckpt: refused to load: weights-only loading rejects"):
+        fit_or_validate = command[0]
+        with working_directory(tmp_path):
+            lightning_main([fit_or_validate, "--config", TEACHER_CONFIG, *TINY, "--data.root", str(tiny_root),
+                            "--trainer.max_steps", "2", "--ckpt_path", str(evil), *command[1:]])
+    assert not marker.exists()
+
+
+def test_bin_with_pickled_code_in_the_data_is_refused_before_training(data_copy: Path,
+                                                                       tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    (data_copy / "lfw.bin").write_bytes(pickle.dumps(([b"x", b"y"], [_Exploit(marker)]), protocol=2))
+    with pytest.raises(DataFormatError, match=r"lfw\.bin: refused global (posix|os)\.system"):
+        fit(tmp_path, "--data.root", str(data_copy), "--trainer.max_steps", "2")
+    assert not marker.exists() and not checkpoint_path(tmp_path).exists()
