@@ -12,9 +12,9 @@ settings (shuffle, persistent workers, prefetch 4), with ``num_workers`` 0 (ever
   to uint8, default collate). This is all a worker does in training; flip/normalise/degrade run on the GPU.
 * ours (worker + CPU views): the same plus `FaceDataModule.training_views` (flip, normalise, 14 px nearest)
   run on the CPU in this process: our whole pipeline on the CPU, output equivalent to the authors'.
-* ours (worker + CPU views, proposed): `proposed_training_views`, the same output bit for bit with less
-  memory traffic (flip the uint8 rows in place, nearest by slicing; see docs/benchmarks.md); ``--no-proposed``
-  drops it.
+* ours (worker + CPU views, proposed): `proposed_training_views`, an independent implementation of the same
+  output (flip the uint8 rows in place, nearest by slicing; see docs/benchmarks.md). Both ideas are now
+  applied in `fskd`, so this row and the previous one should agree; ``--no-proposed`` drops it.
 * ours (folder): `FaceDataModule` on the extracted JPEG files (`FolderFaceDataset`), to separate the file
   layout from the decoder.
 

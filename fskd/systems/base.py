@@ -37,6 +37,14 @@ class FaceRecognitionModule(L.LightningModule):
             way out) are those of the last good step; the buffers the failed forward pass updated (BatchNorm
             running statistics) are put back too. Costs a copy of those buffers, one host synchronisation and,
             under DDP, one tiny all-reduce (so that every process stops together) per step.
+        check_labels: the head checks ``0 <= label < num_classes`` on every step (one more host
+            synchronisation). Off by default: the datasets already check every label against the number of
+            classes on the CPU, in the loader, and name the record (the CLI links ``num_classes`` from them).
+        channels_last, fused_optimizer, compile: GPU speed options, off by default (docs/benchmarks.md has
+            what each was measured to give). ``channels_last`` stores the convolution weights and inputs
+            NHWC; ``fused_optimizer`` uses SGD's fused kernel (``torch.optim.SGD(fused=True)``); ``compile``
+            compiles the backbone (and a distillation teacher) in place with `torch.compile` (state-dict keys
+            unchanged, so checkpoints stay interchangeable), at the cost of a long first step.
     """
 
     monitor = "val/mean_acc"
@@ -60,12 +68,19 @@ class FaceRecognitionModule(L.LightningModule):
         gamma: float = 0.1,
         protocols: Sequence[str] = ("fskd", "insightface"),
         check_finite_loss: bool = True,
+        check_labels: bool = False,
+        channels_last: bool = False,
+        fused_optimizer: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.backbone = create_backbone(backbone, mode=mode, neck=neck, width=width,
                                         embedding_size=embedding_size, dropout=dropout)
-        self.head = create_head(head, embedding_size, num_classes, **(head_kwargs or {}))
+        self.head = create_head(head, embedding_size, num_classes, check_labels=check_labels,
+                                **(head_kwargs or {}))
+        self._speed_options_applied = False
+        self._channels_last_active = False
         self.val_metrics = nn.ModuleList()
         self.val_specs: list = []
         self._buffers_before_step: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -73,7 +88,35 @@ class FaceRecognitionModule(L.LightningModule):
     # -- model -------------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Embeddings of normalised images (B, 3, 112, 112)."""
-        return self.backbone(images).embedding
+        return self.backbone(self.as_input(images)).embedding
+
+    def as_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in the memory format the convolutions were set up for (NHWC with ``channels_last``)."""
+        if self._channels_last_active:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def compiled_modules(self) -> list[nn.Module]:
+        """Modules that ``compile`` compiles: the backbone (DistillModule adds its teacher)."""
+        return [self.backbone]
+
+    def configure_model(self) -> None:
+        # Lightning calls this hook before every fit/validate/test/predict; apply the options once.
+        if self._speed_options_applied:
+            return
+        self._speed_options_applied = True
+        if self.hparams.get("channels_last", False):
+            device = self._trainer.strategy.root_device if self._trainer is not None else self.device
+            if device.type == "cuda":
+                self.to(memory_format=torch.channels_last)
+                self._channels_last_active = True
+            else:
+                # Measured no faster on the CPU (docs/benchmarks.md), and torch 2.14's CPU backward crashed
+                # (segfault) for channels_last iResNet-18 at widths 1/16 and 1/8 in fp32.
+                log.warning("channels_last is a GPU option; ignored on %s", device)
+        if self.hparams.get("compile", False):
+            for module in self.compiled_modules():
+                module.compile()
 
     def classification_loss(self, embedding: torch.Tensor, labels: torch.Tensor, prefix: str) -> torch.Tensor:
         logits = self.head(embedding, labels)
@@ -123,7 +166,8 @@ class FaceRecognitionModule(L.LightningModule):
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov,
-                                    weight_decay=hp.weight_decay)
+                                    weight_decay=hp.weight_decay,
+                                    fused=True if hp.get("fused_optimizer", False) else None)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(hp.milestones), gamma=hp.gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -81,6 +81,9 @@ class DistillModule(FaceRecognitionModule):
         if need == "logits":
             self.teacher_head = load_head(path).requires_grad_(False)
 
+    def compiled_modules(self) -> list[nn.Module]:
+        return [*super().compiled_modules(), *([self.teacher] if self.teacher is not None else [])]
+
     def train(self, mode: bool = True) -> DistillModule:
         """Lightning switches modes around validation; the teacher's BN must keep its running statistics."""
         super().train(mode)
@@ -96,9 +99,9 @@ class DistillModule(FaceRecognitionModule):
 
     # -- training ----------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        student = self.backbone(batch["lr"])
+        student = self.backbone(self.as_input(batch["lr"]))
         with torch.no_grad():
-            teacher = self.teacher(batch["hr"])
+            teacher = self.teacher(self.as_input(batch["hr"]))
         ce = self.classification_loss(student.embedding, batch["label"], "train")
         distill = self.distillation(student, teacher)
         loss = ce + self.distill_weight * distill

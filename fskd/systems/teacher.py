@@ -15,7 +15,7 @@ class TeacherModule(FaceRecognitionModule):
     """Backbone + margin head, cross-entropy on the margin logits (see `FaceRecognitionModule` for arguments)."""
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        embedding = self.backbone(batch["lr"]).embedding
+        embedding = self.backbone(self.as_input(batch["lr"])).embedding
         loss = self.classification_loss(embedding, batch["label"], "train")
         self.check_finite(batch_idx, ce=loss)
         self.log("train/loss", loss)
