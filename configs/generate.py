@@ -111,6 +111,67 @@ def tiny_config(name: str, system: str, model: dict, train_resolution: int | str
     }
 
 
+# `fskd demo` presets (fskd/demo.py generates the data and overrides the paths; these files also run alone
+# after `fskd synth --out data/demo/<preset> ...`). Sized for a 2-core CPU: iResNet-18 at 1/8 width, 112x112.
+DEMO_PRESETS: dict[str, dict] = {
+    "quick": {"max_steps": 200, "width": 0.125, "batch_size": 64},
+    "full": {"max_steps": 1500, "width": 0.125, "batch_size": 64},
+}
+DEMO_ROLES = ("teacher", "baseline_14", "fskd_14")
+
+
+def demo_config(preset: str, role: str) -> dict:
+    """The demo's teacher (HR), no-distillation 14 px student, or F-SKD 14 px student of one preset."""
+    settings = DEMO_PRESETS[preset]
+    steps = settings["max_steps"]
+    name = f"demo/{preset}_{role}"
+    teacher_ckpt = f"runs/demo/{preset}_teacher/checkpoints/last.ckpt"
+    system, model, train_resolution = {
+        "teacher": ("TeacherModule", {}, 112),
+        "baseline_14": ("TeacherModule", {}, 14),
+        "fskd_14": ("DistillModule", {"distill": "fskd", "teacher_ckpt": teacher_ckpt}, 14),
+    }[role]
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "precision": "bf16-mixed",
+            "max_steps": steps,
+            "max_epochs": -1,
+            # One validation, on the final weights (`fskd demo` skips it and runs `validate` on last.ckpt).
+            "val_check_interval": steps,
+            "check_val_every_n_epoch": None,
+            "num_sanity_val_steps": 0,
+            "log_every_n_steps": 10,
+            "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                        "init_args": {"save_dir": "runs", "name": name}}],
+        },
+        "model": {
+            "class_path": f"fskd.systems.{system}",
+            "init_args": {
+                "backbone": "iresnet18", "mode": "ir", "neck": "gap", "width": settings["width"],
+                "embedding_size": 128, "head": "cosface", "head_kwargs": {"s": 30.0, "m": 0.25},
+                "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5.0e-4,
+                "milestones": [int(steps * 0.6), int(steps * 0.85)], "gamma": 0.1,
+                **model,
+            },
+        },
+        "data": {
+            "root": f"data/demo/{preset}",
+            "batch_size": settings["batch_size"],
+            "num_workers": 0,
+            "train_resolution": train_resolution,
+            "train_interpolation": "nearest",
+            "val_sets": ["agedb_30", "lfw", "cfp_fp"],
+            "val_resolutions": [112, 56, 28, 14],
+            "val_interpolation": "nearest",
+            "val_batch_size": 200,
+        },
+        "checkpoint": {"dirpath": f"runs/{name}/checkpoints", "save_last": True},
+    }
+
+
 def student_model(method: str) -> dict:
     model = {"distill": method, "teacher_ckpt": TEACHER_CKPT}
     if method == "askd":
@@ -136,6 +197,9 @@ def all_configs() -> dict[str, dict]:
     configs["synthetic/student_tiny_fskd_14.yaml"] = tiny_config(
         "synthetic/student_tiny_fskd_14", "DistillModule",
         {"distill": "fskd", "teacher_ckpt": "runs/synthetic/teacher_tiny/checkpoints/last.ckpt"}, 14, 300)
+    for preset in DEMO_PRESETS:
+        for role in DEMO_ROLES:
+            configs[f"demo/{preset}_{role}.yaml"] = demo_config(preset, role)
     return configs
 
 

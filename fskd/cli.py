@@ -18,6 +18,7 @@ fskd tools (besides the LightningCLI subcommands fit/validate/test/predict):
   fskd identify --ckpt CKPT --root DIR [--layout tinyface|folder] [--resolution R]   (CMC rank-1/5/10/20)
   fskd export   --ckpt CKPT --onnx OUT.onnx [--torchscript OUT.pt]
   fskd synth-tinyface --out DIR [--identities N --probes P --gallery G --distractors D]
+  fskd demo     [--out DIR] [--preset quick|full|smoke] [--seeds 0 1 2] [--workers N]   (data to tables)
 """
 
 
@@ -62,6 +63,8 @@ TOOLS: dict[str, Callable[[Sequence[str]], int]] = {
     "identify": lambda argv: __import__("fskd.tools", fromlist=["x"]).identify_main(argv),
     "export": lambda argv: __import__("fskd.tools", fromlist=["x"]).export_main(argv),
     "synth-tinyface": lambda argv: __import__("fskd.tools", fromlist=["x"]).synth_tinyface_main(argv),
+    # The whole synthetic pipeline: faces, teacher, base and F-SKD students, tables and pictures (fskd.demo).
+    "demo": lambda argv: __import__("fskd.demo", fromlist=["x"]).demo_main(argv),
 }
 
 
