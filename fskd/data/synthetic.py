@@ -86,10 +86,23 @@ class SynthConfig:
     cast sigma 8 %) translated to 112x112 HR / 14x14 LR. The pilot, at 56/7, gave teacher@HR ~ 100 %,
     teacher@LR near chance and an LR student in between.
 
-    Calibration:
-        not yet calibrated. It will be calibrated later on the teacher-HR vs LR spread only (teacher@HR high,
-        teacher@LR clearly lower, LR student from labels in between), never on the distillation gain, which
-        is what the benchmark measures.
+    Calibration (issue 5), on the teacher-HR vs LR spread only, never on the distillation gain (the
+    benchmark's measurement); ``fskd demo --preset full --seeds 0 --models teacher baseline_14`` (iResNet-18
+    at 1/8 width, 1,000 identities x 6 images, 1,500 steps of 64, bf16, 2-core CPU), mean of the three sets,
+    authors' protocol:
+
+    ============================================================  =========  ==========  =============
+    generator                                                     teacher    teacher     teacher
+                                                                  @112 px    @28 px      @14 px
+    ============================================================  =========  ==========  =============
+    these defaults                                                96.3 %     88.4 %      73.5 %
+    ``fine_amplitude=1.5 mid_amplitude=1.5`` + 1 skin, 1 hair     92.1 %     88.3 %      70.1 %
+    palette (fewer coarse cues)
+    ============================================================  =========  ==========  =============
+
+    The defaults were kept: the teacher is 23 points lower at 14 px than at HR (the target was at least 10)
+    and 96.3 % at HR is just under the 97-99 % aimed at; the harder variant lowered HR accuracy more than
+    LR. The base 14 px student of the same run is in ``docs/benchmarks.md`` (synthetic benchmark).
     """
 
     image_size: int = 112
