@@ -81,9 +81,11 @@ PRESETS: dict[str, Preset] = {
                                "--data.val_resolutions", "[112,14]"),
                     description="test-sized pipeline check (3 steps per model); numbers are meaningless"),
     "quick": Preset("quick", "quick", identities=300, images_per_identity=6, pairs=200,
-                    description="about 7 minutes on 2 idle CPU cores; shows the pipeline, numbers are noisy"),
+                    description="about 6 minutes on 2 CPU cores (5:49 measured); shows the pipeline, numbers "
+                                "are noisy"),
     "full": Preset("full", "full", identities=1000, images_per_identity=6, pairs=600, seeds=(0, 1, 2),
-                   description="the synthetic F-SKD benchmark (about 40 minutes a seed on 2 idle CPU cores)"),
+                   description="the synthetic F-SKD benchmark (3 seeds took 90 minutes on 2 CPU cores, run as 3 "
+                               "parallel processes with --threads 1; docs/benchmarks.md section 5)"),
 }
 
 
