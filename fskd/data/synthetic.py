@@ -86,7 +86,7 @@ class SynthConfig:
     cast sigma 8 %) translated to 112x112 HR / 14x14 LR. The pilot, at 56/7, gave teacher@HR ~ 100 %,
     teacher@LR near chance and an LR student in between.
 
-    Calibration (issue 5), on the teacher-HR vs LR spread only, never on the distillation gain (the
+    Calibration: on the teacher-HR vs LR spread only, never on the distillation gain (the
     benchmark's measurement); ``fskd demo --preset full --seeds 0 --models teacher baseline_14`` (iResNet-18
     at 1/8 width, 1,000 identities x 6 images, 1,500 steps of 64, bf16, 2-core CPU), mean of the three sets,
     authors' protocol:
