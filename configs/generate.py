@@ -72,31 +72,43 @@ def casia_config(name: str, system: str, model: dict, train_resolution: int | st
     }
 
 
+def cpu_trainer(max_steps: int, val_check_interval: int, log_every_n_steps: int, logger: list,
+                sanity_val_steps: int | None = None) -> dict:
+    """Trainer section of the CPU-sized configs (bf16, one device, step-based)."""
+    trainer = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "precision": "bf16-mixed",
+        "max_steps": max_steps,
+        "max_epochs": -1,
+        "val_check_interval": val_check_interval,
+        "check_val_every_n_epoch": None,
+    }
+    if sanity_val_steps is not None:
+        trainer["num_sanity_val_steps"] = sanity_val_steps
+    return {**trainer, "log_every_n_steps": log_every_n_steps, "logger": logger}
+
+
+def cpu_model(system: str, width: float, max_steps: int, model: dict) -> dict:
+    """Model section of the CPU-sized configs: iResNet-18 at ``width``, CosFace, the authors' SGD, two decays."""
+    return {
+        "class_path": f"fskd.systems.{system}",
+        "init_args": {
+            "backbone": "iresnet18", "mode": "ir", "neck": "gap", "width": width, "embedding_size": 128,
+            "head": "cosface", "head_kwargs": {"s": 30.0, "m": 0.25},
+            "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5.0e-4,
+            "milestones": [int(max_steps * 0.6), int(max_steps * 0.85)], "gamma": 0.1,
+            **model,
+        },
+    }
+
+
 def tiny_config(name: str, system: str, model: dict, train_resolution: int | str, max_steps: int) -> dict:
     """CPU-sized version on the synthetic faces of ``fskd synth --out data/synth``."""
     return {
         "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "precision": "bf16-mixed",
-            "max_steps": max_steps,
-            "max_epochs": -1,
-            "val_check_interval": max_steps // 2,
-            "check_val_every_n_epoch": None,
-            "log_every_n_steps": 5,
-            "logger": _loggers(name),
-        },
-        "model": {
-            "class_path": f"fskd.systems.{system}",
-            "init_args": {
-                "backbone": "iresnet18", "mode": "ir", "neck": "gap", "width": 0.25, "embedding_size": 128,
-                "head": "cosface", "head_kwargs": {"s": 30.0, "m": 0.25},
-                "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5.0e-4,
-                "milestones": [int(max_steps * 0.6), int(max_steps * 0.85)], "gamma": 0.1,
-                **model,
-            },
-        },
+        "trainer": cpu_trainer(max_steps, max_steps // 2, 5, _loggers(name)),
+        "model": cpu_model(system, 0.25, max_steps, model),
         "data": {
             "root": "data/synth",
             "batch_size": 64,
@@ -133,30 +145,11 @@ def demo_config(preset: str, role: str) -> dict:
     }[role]
     return {
         "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "precision": "bf16-mixed",
-            "max_steps": steps,
-            "max_epochs": -1,
-            # One validation, on the final weights (`fskd demo` skips it and runs `validate` on last.ckpt).
-            "val_check_interval": steps,
-            "check_val_every_n_epoch": None,
-            "num_sanity_val_steps": 0,
-            "log_every_n_steps": 10,
-            "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
-                        "init_args": {"save_dir": "runs", "name": name}}],
-        },
-        "model": {
-            "class_path": f"fskd.systems.{system}",
-            "init_args": {
-                "backbone": "iresnet18", "mode": "ir", "neck": "gap", "width": settings["width"],
-                "embedding_size": 128, "head": "cosface", "head_kwargs": {"s": 30.0, "m": 0.25},
-                "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5.0e-4,
-                "milestones": [int(steps * 0.6), int(steps * 0.85)], "gamma": 0.1,
-                **model,
-            },
-        },
+        # One validation, on the final weights (`fskd demo` skips it and runs `validate` on last.ckpt).
+        "trainer": cpu_trainer(steps, steps, 10, [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                                   "init_args": {"save_dir": "runs", "name": name}}],
+                               sanity_val_steps=0),
+        "model": cpu_model(system, settings["width"], steps, model),
         "data": {
             "root": f"data/demo/{preset}",
             "batch_size": settings["batch_size"],
