@@ -51,7 +51,7 @@ from benchmarks.degradation import nearest_integer_degrade  # noqa: E402
 from fskd.data.images import normalize  # noqa: E402
 from fskd.data.recordio import FaceRecordFile  # noqa: E402
 from fskd.data.synthetic import generate_dataset  # noqa: E402
-from fskd.datamodule import FaceDataModule  # noqa: E402
+from fskd.data.datamodule import FaceDataModule  # noqa: E402
 
 SIZES = {  # identities, images per identity, batch size, timed rounds
     "smoke": (10, 10, 32, 1),
@@ -165,7 +165,7 @@ def measure(rec_root: Path, file_root: Path, paths: list[str], labels: list[int]
     """Interleaved epochs of every pipeline with ``workers`` loader processes (persistent, warmed up).
 
     Returns the timings and the images per epoch of each pipeline (ours completes the last partial batch of
-    an epoch with samples from its start, see `fskd.sampler.ResumableSampler`, so it can see a few more).
+    an epoch with samples from its start, see `fskd.data.sampler.ResumableSampler`, so it can see a few more).
     """
     ours_module = FaceDataModule(str(rec_root), batch_size=batch_size, num_workers=workers,
                                  train_resolution=LOW_RESOLUTION, pin_memory=False)
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="num_workers values")
     parser.add_argument("--no-proposed", action="store_true", help="leave out the proposed CPU views")
     args = parser.parse_args(argv)
-    logging.getLogger("fskd.datamodule").setLevel(logging.ERROR)  # "no verification set": expected here
+    logging.getLogger("fskd.data.datamodule").setLevel(logging.ERROR)  # "no verification set": expected here
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     identities, per_identity, batch_size, rounds = SIZES[args.size]

@@ -8,7 +8,7 @@
   a checkpoint holding pickled code is refused with a clear error and nothing in it runs. fskd checkpoints
   hold only tensors and plain values, so they never need more (``--weights_only false`` is ignored).
 
-`fskd.lightning_cli.FskdCLI` installs it unless the trainer's plugins already name a CheckpointIO.
+`fskd.commands.lightning.FskdCLI` installs it unless the trainer's plugins already name a CheckpointIO.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from fskd.models.loading import safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +61,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             os.fsync(directory)
         finally:
             os.close(directory)
-
-
-def safe_torch_load(path: str | os.PathLike, map_location: Any = None) -> Any:
-    """``torch.load(weights_only=True)`` with errors that name the file and say why it was refused."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(f"{path}: refused to load: weights-only loading rejects pickled code or unknown "
-                         f"objects ({str(error).splitlines()[0]})") from None
-    except (RuntimeError, EOFError) as error:
-        raise ValueError(f"{path}: not a readable checkpoint ({str(error).splitlines()[0]})") from None
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

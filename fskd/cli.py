@@ -1,90 +1,78 @@
 """Command-line entry point: ``fskd`` (console script), ``python cli.py`` and ``python -m fskd`` are the same.
 
-* ``fit`` / ``validate`` / ``test`` / ``predict``: LightningCLI with YAML configs (``--config configs/...``).
-* ``synth``: write the synthetic identity-face dataset in the insightface formats.
-* ``prepare``: convert a .rec/.idx + .bin folder to the authors' extracted layout.
+`COMMANDS` is the one table of commands: each name maps to the module in `fskd.commands` whose
+``main(argv)`` runs it. Modules are imported only when their command runs, so ``fskd --help`` and
+``fskd <tool> --help`` never import Lightning.
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import sys
-from collections.abc import Callable, Sequence
-
-TOOLS_HELP = """
-fskd tools (besides the LightningCLI subcommands fit/validate/test/predict):
-  fskd synth    --out DIR [--identities N --images-per-identity M --pairs P --seed S]
-  fskd prepare  --source DIR --out DIR [--sets agedb_30 lfw cfp_fp]
-  fskd identify --ckpt CKPT --root DIR [--layout tinyface|folder] [--resolution R]   (CMC rank-1/5/10/20)
-  fskd export   --ckpt CKPT --onnx OUT.onnx [--torchscript OUT.pt]
-  fskd synth-tinyface --out DIR [--identities N --probes P --gallery G --distractors D]
-  fskd demo     [--out DIR] [--preset quick|full|smoke] [--seeds 0 1 2] [--workers N]   (data to tables)
-"""
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 
-def _synth(argv: Sequence[str]) -> int:
-    from fskd.data.synthetic import generate_dataset
+@dataclass(frozen=True)
+class Command:
+    """A command: the module holding its ``main(argv) -> int`` and a one-line summary for ``fskd --help``."""
 
-    parser = argparse.ArgumentParser(prog="fskd synth", description="Write synthetic identity faces in the "
-                                     "insightface layout (train.rec/.idx, property, agedb_30/lfw/cfp_fp.bin).")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--identities", type=int, default=50, help="training identities")
-    parser.add_argument("--images-per-identity", type=int, default=8)
-    parser.add_argument("--pairs", type=int, default=200, help="pairs per verification set (multiple of 20)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=112, help="image side in pixels")
-    parser.add_argument("--workers", type=int, default=1, help="rendering processes")
-    args = parser.parse_args(argv)
-    summary = generate_dataset(args.out, identities=args.identities, images_per_identity=args.images_per_identity,
-                               pairs=args.pairs, seed=args.seed, size=args.size, workers=args.workers,
-                               progress=True)
-    print(summary)
-    return 0
+    module: str
+    summary: str
+    usage: str = ""
+    lightning: bool = False
+    """A LightningCLI subcommand: ``main`` receives the whole argument list, subcommand included."""
 
 
-def _prepare(argv: Sequence[str]) -> int:
-    from fskd.data.folder import prepare
-
-    parser = argparse.ArgumentParser(prog="fskd prepare", description="Convert train.rec/train.idx and <set>.bin "
-                                     "files to image/<class>/<key>.jpg + train.list and evaluation/<set>/ + <set>.txt.")
-    parser.add_argument("--source", required=True, help="folder with train.rec, train.idx, property, *.bin")
-    parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--sets", nargs="*", default=None, help="verification sets (default: every .bin found)")
-    args = parser.parse_args(argv)
-    counts = prepare(args.source, args.out, args.sets)
-    print(", ".join(f"{name}: {count}" for name, count in counts.items()))
-    return 0
-
-
-TOOLS: dict[str, Callable[[Sequence[str]], int]] = {
-    "synth": _synth,
-    "prepare": _prepare,
-    # Imported on use (fskd.tools): identification, deployment export, a synthetic TinyFace-layout folder.
-    "identify": lambda argv: __import__("fskd.tools", fromlist=["x"]).identify_main(argv),
-    "export": lambda argv: __import__("fskd.tools", fromlist=["x"]).export_main(argv),
-    "synth-tinyface": lambda argv: __import__("fskd.tools", fromlist=["x"]).synth_tinyface_main(argv),
-    # The whole synthetic pipeline: faces, teacher, base and F-SKD students, tables and pictures (fskd.demo).
-    "demo": lambda argv: __import__("fskd.demo", fromlist=["x"]).demo_main(argv),
+COMMANDS: dict[str, Command] = {
+    "fit": Command("fskd.commands.lightning", "train a teacher or a student", "--config CONFIG.yaml [...]",
+                   lightning=True),
+    "validate": Command("fskd.commands.lightning", "score a checkpoint on the verification sets",
+                        "--config CONFIG.yaml --ckpt_path CKPT", lightning=True),
+    "test": Command("fskd.commands.lightning", "as validate, on the test loaders", "--config CONFIG.yaml",
+                    lightning=True),
+    "predict": Command("fskd.commands.lightning", "embeddings of a folder or .rec to .npy + names",
+                       "--config CONFIG.yaml --ckpt_path CKPT --data.predict_source SRC", lightning=True),
+    "synth": Command("fskd.commands.synth", "synthetic identity faces in the insightface layout",
+                     "--out DIR [--identities N --images-per-identity M --pairs P --seed S]"),
+    "synth-tinyface": Command("fskd.commands.synth_tinyface", "synthetic faces in TinyFace's layout",
+                              "--out DIR [--identities N --probes P --gallery G --distractors D]"),
+    "prepare": Command("fskd.commands.prepare", "insightface .rec/.bin to the authors' extracted layout",
+                       "--source DIR --out DIR [--sets agedb_30 lfw cfp_fp]"),
+    "identify": Command("fskd.commands.identify", "closed-set identification, CMC rank-1/5/10/20",
+                        "--ckpt CKPT --root DIR [--layout tinyface|folder] [--resolution R]"),
+    "export": Command("fskd.commands.export", "a backbone to ONNX / TorchScript, parity-checked",
+                      "--ckpt CKPT --onnx OUT.onnx [--torchscript OUT.pt]"),
+    "demo": Command("fskd.commands.demo", "synthetic faces -> teacher, base and F-SKD students -> tables",
+                    "[--out DIR] [--preset quick|full|smoke] [--seeds 0 1 2]"),
 }
 
 
-def lightning_main(argv: Sequence[str] | None = None, run: bool = True):
-    """LightningCLI over `FaceDataModule` and any `FaceRecognitionModule` (``TeacherModule``, ``DistillModule``)."""
-    from fskd.lightning_cli import FskdCLI
-
-    return FskdCLI(args=list(argv) if argv is not None else None, run=run)
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: fskd COMMAND [ARGS ...]   (fskd COMMAND --help for its arguments)", "", "commands:"]
+    for name, command in COMMANDS.items():
+        lines.append(f"  {name:<{width}}  {command.summary}")
+        if command.usage:
+            lines.append(f"  {'':<{width}}    fskd {name} {command.usage}")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    given = argv
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in TOOLS:
-        return TOOLS[argv[0]](argv[1:])
-    if argv and argv[0] in ("-h", "--help"):
-        print(TOOLS_HELP)
-    # LightningCLI reads sys.argv itself when called from the shell (it warns when given both).
-    lightning_main(given)
-    return 0
+    """Run the command named by the first argument; ``argv`` None means ``sys.argv[1:]``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if args else 2
+    command = COMMANDS.get(args[0])
+    if command is None:
+        print(f"fskd: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(command.module)
+    if command.lightning:
+        # From the shell, LightningCLI reads sys.argv itself (it warns when given both).
+        return module.main(None if argv is None else args)
+    return module.main(args[1:])
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DistributedSampler
 
-from fskd.evaluation.metric import VerificationMetric
+from fskd.systems.metric import VerificationMetric
 
 WORLD_SIZE = 2
 NUM_PAIRS = 45  # odd: DistributedSampler must pad

@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fskd.cli import lightning_main  # noqa: E402
-from fskd.datamodule import FaceDataModule  # noqa: E402
+from fskd.commands.lightning import lightning_main  # noqa: E402
+from fskd.data.datamodule import FaceDataModule  # noqa: E402
 from tests.reliability_support import TEACHER_CONFIG, TINY  # noqa: E402
 
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]

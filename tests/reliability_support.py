@@ -69,7 +69,7 @@ def working_directory(path: Path) -> Iterator[None]:
 
 def fit(workdir: Path, *args: str, config: str = TEACHER_CONFIG) -> Any:
     """``fskd fit`` in-process, in ``workdir`` (the configs write ``runs/...`` relative to it)."""
-    from fskd.cli import lightning_main
+    from fskd.commands.lightning import lightning_main
 
     with working_directory(workdir):
         return lightning_main(["fit", "--config", config, *TINY, *args])

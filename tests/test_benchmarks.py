@@ -24,7 +24,7 @@ from benchmarks.data import (
 from benchmarks.degradation import cv2_degrade_batch, nearest_integer_degrade
 from fskd.data.degrade import degrade_fixed
 from fskd.data.recordio import FaceRecordFile
-from fskd.datamodule import FaceDataModule
+from fskd.data.datamodule import FaceDataModule
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {  # script -> rows its table must contain

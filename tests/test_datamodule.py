@@ -22,7 +22,7 @@ from fskd.data.errors import DataFormatError
 from fskd.data.folder import prepare, read_pair_list
 from fskd.data.images import normalize
 from fskd.data.recordio import write_face_records
-from fskd.datamodule import FaceDataModule
+from fskd.data.datamodule import FaceDataModule
 from tests.conftest import run_cli
 
 

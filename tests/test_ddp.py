@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fskd.cli import lightning_main
+from fskd.commands.lightning import lightning_main
 from tests.conftest import REPO
 from tests.reliability_support import (
     TEACHER_CONFIG,

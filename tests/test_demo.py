@@ -5,29 +5,30 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fskd.cli import TOOLS, main
-from fskd.demo import (
+from fskd.cli import COMMANDS, main
+from fskd.commands.demo import main as demo_main
+from fskd.commands.demo import running
+from fskd.commands.demo.pictures import plot_roc, roc_auc
+from fskd.commands.demo.presets import PRESETS
+from fskd.commands.demo.report import CSV_COLUMNS
+from fskd.commands.demo.results import (
     ALL_SETS,
-    CSV_COLUMNS,
     MODELS,
-    PRESETS,
-    DemoSettings,
     ResultRow,
-    check_settings,
-    demo_main,
     fskd_gains,
     rows_from_metrics,
     summarise,
     with_set_means,
 )
+from fskd.commands.demo.running import DemoSettings, check_settings
 from fskd.evaluation.verification import insightface_best_threshold
-from fskd.plots import plot_roc, roc_auc
 
 SETS = ("agedb_30", "lfw", "cfp_fp")
 SMOKE_RESOLUTIONS = (112, 14)  # the smoke preset evaluates these two (the quick and full presets four)
@@ -91,7 +92,7 @@ def test_csv_covers_every_model_set_resolution_protocol_with_fractions(table: li
     for row in seed_rows:
         assert row["seed_std"] == "" and row["n_seeds"] == "1"
     for row in mean_rows:
-        assert float(row["seed_std"]) == 0.0 and row["n_seeds"] == "1"  # one seed: no spread
+        assert row["seed_std"] == "" and row["n_seeds"] == "1"  # one seed: no spread to report
 
 
 def test_csv_set_means_and_seed_means_recompute(table: list[dict[str, str]]) -> None:
@@ -131,8 +132,9 @@ def test_markdown_tables_show_every_model_and_resolution(run: Path, table: list[
     assert "## F-SKD gain at 14 px" in text and "## Seed 0" in text
     teacher_lfw = next(r for r in table if r["seed"] == "0" and r["model"] == "teacher" and r["set"] == "lfw"
                        and r["resolution"] == "112" and r["protocol"] == "fskd")
-    cell = f"{100 * float(teacher_lfw['accuracy']):.1f} ± {100 * float(teacher_lfw['fold_std']):.1f}"
+    cell = f"{100 * float(teacher_lfw['accuracy']):.1f} [{100 * float(teacher_lfw['fold_std']):.1f}]"
     assert f"| teacher (trained on HR) | lfw | {cell} |" in text
+    assert "± 0.0" not in text and "## Mean over seeds" not in text  # one seed: no spread is printed
 
 
 def test_student_is_distilled_from_this_seeds_teacher_through_the_cli(run: Path) -> None:
@@ -140,7 +142,7 @@ def test_student_is_distilled_from_this_seeds_teacher_through_the_cli(run: Path)
     commands = result["lightning_commands"]
     assert [c.split()[1] for c in commands] == ["fit", "validate"] * 3
     teacher = str(run / "seed0" / "teacher" / "checkpoints" / "last.ckpt")
-    fskd_fit = next(c for c in commands if c.startswith("fskd fit") and "demo/quick_fskd_14.yaml" in c)
+    fskd_fit = next(c for c in commands if c.startswith("fskd fit") and "fskd_14.yaml" in c)
     assert f"--model.teacher_ckpt {teacher}" in fskd_fit
     assert "--data.root " + str(run / "seed0" / "data") in fskd_fit
     fskd_validate = next(c for c in commands if c.startswith("fskd validate") and "fskd_14" in c)
@@ -214,8 +216,39 @@ def test_bad_settings_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert not (tmp_path / "x").exists()
 
 
-def test_demo_is_a_registered_tool(capsys: pytest.CaptureFixture) -> None:
-    assert "demo" in TOOLS
+def test_a_second_run_into_the_same_folder_never_reports_the_first_runs_models(
+        run: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --resume an earlier run's checkpoints are refused before anything runs (Lightning would write
+    last-v1.ckpt beside them and the demo would read the old last.ckpt); with --resume, a fit whose arguments
+    changed is moved aside, never mixed with the new one."""
+    before = sorted(p.relative_to(run) for p in run.rglob("*.ckpt"))
+    assert demo_main(["--preset", "smoke", "--out", str(run), "--no-progress-bar"]) == 2
+    error = capsys.readouterr().err
+    assert "holds checkpoints of an earlier run: pass --resume" in error and "seed0/teacher/checkpoints" in error
+    assert sorted(p.relative_to(run) for p in run.rglob("*.ckpt")) == before
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    teacher = copy / "seed0" / "teacher"
+    changed_fit = ["fit", "--changed"]
+    calls = []
+    monkeypatch.setattr(running, "lightning", lambda args: calls.append(args) or _write_checkpoint(teacher))
+    settings = DemoSettings(out=copy, preset=PRESETS["smoke"], seeds=(0,), models=("teacher",), resume=True)
+    checkpoint = running._fit(settings, "teacher", teacher, changed_fit, running.Progress(), [], "seed 0")
+    assert calls == [changed_fit]
+    assert (copy / "seed0" / "teacher.replaced-1" / "checkpoints" / "last.ckpt").is_file()
+    assert not list((teacher / "checkpoints").glob("last-v*.ckpt"))
+    assert checkpoint.read_bytes() == b"new"
+    assert json.loads((teacher / running.FIT_MARKER).read_text())["args"] == changed_fit
+
+
+def _write_checkpoint(model_dir: Path) -> None:
+    (model_dir / "checkpoints").mkdir(parents=True)
+    (model_dir / "checkpoints" / "last.ckpt").write_bytes(b"new")
+
+
+def test_demo_is_a_registered_command(capsys: pytest.CaptureFixture) -> None:
+    assert COMMANDS["demo"].module == "fskd.commands.demo"
     with pytest.raises(SystemExit) as stopped:
         main(["demo", "--help"])
     assert stopped.value.code == 0

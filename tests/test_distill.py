@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fskd.cli import lightning_main
+from fskd.commands.lightning import lightning_main
 from fskd.losses import DISTILL_NAMES, FeatureSimilarityLoss
 from fskd.systems import DistillModule, TeacherModule
 from tests.conftest import CONFIGS, FAST

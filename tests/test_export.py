@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fskd.cli import main as cli_main
-from fskd.export import choose_exporter, export_onnx, export_torchscript, onnx_opset
+from fskd.models.export import choose_exporter, export_onnx, export_torchscript, onnx_opset
 from fskd.models import create_backbone
 
 onnx = pytest.importorskip("onnx")
@@ -74,9 +74,9 @@ def test_onnx_static_batch(tmp_path):
 def test_an_opset_other_than_requested_is_refused(tmp_path, monkeypatch):
     """torch's dynamo exporter keeps opset 18 when asked for 17 and its down-conversion fails; such a file
     must not pass for what was asked (simulated here: a real dynamo export costs seconds)."""
-    import fskd.export
+    import fskd.models.export
 
-    monkeypatch.setattr(fskd.export, "onnx_opset", lambda path: 18)
+    monkeypatch.setattr(fskd.models.export, "onnx_opset", lambda path: 18)
     with pytest.raises(RuntimeError, match="legacy exporter wrote opset 18, not the requested 17"):
         export_onnx(tiny_backbone(), tmp_path / "m.onnx", opset=17)
     assert not (tmp_path / "m.onnx").exists()

@@ -17,7 +17,7 @@ import torch
 
 import fskd.checkpoint_io
 from fskd.checkpoint_io import SafeCheckpointIO
-from fskd.cli import lightning_main
+from fskd.commands.lightning import lightning_main
 from fskd.data.errors import DataFormatError
 from fskd.data.recordio import FaceRecordFile, IndexedRecordWriter, IRHeader, pack
 from fskd.systems import TeacherModule

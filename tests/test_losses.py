@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from fskd.losses import (
-    DISTILL_INPUTS,
+    DISTILL_LOSSES,
     DISTILL_NAMES,
-    NEEDS_HINT,
     AttentionSimilarityLoss,
     AttentionTransferLoss,
     FeatureSimilarityLoss,
     FitNetLoss,
     HintAdapters,
+    HintedFeatureSimilarityLoss,
     LogitKDLoss,
     RelationalKDLoss,
     create_distill_loss,
@@ -379,19 +379,23 @@ def test_logit_kd_gradient_only_into_student_and_bf16():
 def test_factory_builds_each_loss_with_kwargs():
     expected_classes = {
         "fskd": FeatureSimilarityLoss,
-        "fskd_hint": FeatureSimilarityLoss,
+        "fskd_hint": HintedFeatureSimilarityLoss,
         "askd": AttentionSimilarityLoss,
         "fitnet": FitNetLoss,
         "at": AttentionTransferLoss,
         "rkd": RelationalKDLoss,
         "hkd": LogitKDLoss,
     }
-    assert set(DISTILL_NAMES) == set(expected_classes) == set(DISTILL_INPUTS)
+    assert set(DISTILL_NAMES) == set(expected_classes) == set(DISTILL_LOSSES)
     for name, loss_class in expected_classes.items():
         assert type(create_distill_loss(name)) is loss_class
-    assert NEEDS_HINT == {"fskd_hint", "fitnet"}
-    assert DISTILL_INPUTS["askd"] == "attention" and DISTILL_INPUTS["rkd"] == "embedding"
-    assert DISTILL_INPUTS["hkd"] == "logits" and DISTILL_INPUTS["fskd_hint"] == "features"
+    # The authors' configuration of each method (their later code's --distill_type handling).
+    assert {n for n, c in DISTILL_LOSSES.items() if c.needs_hint} == {"fskd_hint", "fitnet"}
+    assert {n: c.inputs for n, c in DISTILL_LOSSES.items()} == {
+        "fskd": "features", "fskd_hint": "features", "askd": "attention", "fitnet": "features",
+        "at": "features", "rkd": "embedding", "hkd": "logits"}
+    assert {n: c.default_weight for n, c in DISTILL_LOSSES.items()} == {
+        "fskd": 20.0, "fskd_hint": 20.0, "askd": 80.0, "fitnet": 1.5, "at": 1000.0, "rkd": 40.0, "hkd": 1.0}
     assert create_distill_loss("hkd", temperature=2.0).temperature == 2.0
     assert create_distill_loss("rkd", distance_weight=3.0).distance_weight == 3.0
 

@@ -1,4 +1,4 @@
-"""Tests of fskd.evaluation.metric.VerificationMetric (single process and 2-process gloo DDP)."""
+"""Tests of fskd.systems.metric.VerificationMetric (single process and 2-process gloo DDP)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from fskd.evaluation.metric import VerificationMetric
+from fskd.systems.metric import VerificationMetric
 from fskd.evaluation.verification import evaluate_pairs
 
 SCRIPT = Path(__file__).with_name("ddp_metric_script.py")

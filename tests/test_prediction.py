@@ -18,11 +18,12 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fskd.callbacks.embeddings import EmbeddingWriter, output_paths
 from fskd.data.errors import DataFormatError
 from fskd.data.images import decode_face, normalize
 from fskd.data.recordio import write_face_records
+from fskd.data.sources import PredictionImages
 from fskd.data.synthetic import render_face_jpeg
-from fskd.prediction import EmbeddingWriter, PredictionImages, output_paths
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -216,3 +217,14 @@ def test_writer_gathers_all_ranks_under_ddp(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "emb.npy"), expected_embeddings(TinyEmbedder(), dataset),
                                rtol=1e-5, atol=1e-5)
     assert (tmp_path / "emb.txt").read_text().splitlines() == dataset.names
+
+
+def test_predict_without_a_writer_is_refused_before_any_work(synth_root: Path) -> None:
+    """Lightning would embed every image, keep none and exit 0; fskd says what to add instead."""
+    from fskd.commands.lightning import lightning_main
+
+    with pytest.raises(ValueError, match=r"predict writes nothing without a prediction writer: add "
+                                         r"--trainer\.callbacks\+=fskd\.callbacks\.EmbeddingWriter"):
+        lightning_main(["predict", "--model", "fskd.systems.TeacherModule", "--model.backbone", "iresnet18",
+                        "--model.width", "0.0625", "--data.root", str(synth_root),
+                        "--data.predict_source", str(synth_root / "train.rec"), "--trainer.logger", "false"])

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fskd.datamodule import FaceDataModule
-from fskd.sampler import ResumableSampler
+from fskd.data.datamodule import FaceDataModule
+from fskd.data.sampler import ResumableSampler
 from tests.conftest import REPO
 from tests.reliability_support import (
     STUDENT_CONFIG,

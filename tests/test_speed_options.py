@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fskd.systems import DistillModule, TeacherModule
-from fskd.systems.checkpoint import load_backbone
+from fskd.models.loading import load_backbone
 from tests.conftest import CONFIGS, FAST, run_cli
 
 TINY = dict(num_classes=7, backbone="iresnet18", width=0.0625, embedding_size=16)

@@ -1,6 +1,8 @@
-"""fskd.evaluation: face-verification protocols (numpy) and their torchmetrics wrapper."""
+"""fskd.evaluation: face verification (both 10-fold protocols) and identification, in numpy and plain PyTorch.
 
-from fskd.evaluation.metric import VerificationMetric
+The torchmetrics wrapper that runs verification inside validation is `fskd.systems.metric.VerificationMetric`.
+"""
+
 from fskd.evaluation.verification import (
     FUSION_BY_PROTOCOL,
     PROTOCOLS,
@@ -18,7 +20,6 @@ from fskd.evaluation.verification import (
 __all__ = [
     "FUSION_BY_PROTOCOL",
     "PROTOCOLS",
-    "VerificationMetric",
     "evaluate_pairs",
     "fskd_best_threshold",
     "fskd_thresholds",

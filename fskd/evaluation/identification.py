@@ -1,4 +1,4 @@
-"""Closed-set face identification (TinyFace protocol): gallery layouts, embedding extraction and CMC scores.
+"""Closed-set face identification (TinyFace protocol): embedding extraction and CMC scores.
 
 Protocol (``docs/fskd-method.md`` section 5.2, AdaFace's / F-SKD's TinyFace helper): every probe and
 gallery image is embedded with flip test-time augmentation (the mean of the features of the image and of its
@@ -12,37 +12,26 @@ O(chunk x chunk + probes x k). Ranking is deterministic: features are L2-normali
 float32, similarities are computed in float64 and rounded to float32, then ordered by (similarity descending,
 gallery index ascending), so ties go to the lower gallery index whatever the chunk sizes (see `rank_gallery`).
 
-Plain PyTorch and numpy; no Lightning.
+Gallery layouts on disk (TinyFace, identity folders) are read by `fskd.data.layouts`. Plain PyTorch and
+numpy; no Lightning.
 """
 
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from fskd.data.degrade import MODES, degrade_fixed
-from fskd.data.errors import DataFormatError
-from fskd.data.images import IMAGE_SIZE, decode_face, normalize
-
-DISTRACTOR_LABEL = -100
-"""Label of gallery distractors (as AdaFace's TinyFace helper); it never counts as a match."""
+from fskd.data.images import IMAGE_SIZE, normalize
+from fskd.data.layouts import DISTRACTOR_LABEL
+from fskd.data.sources import EncodedImages
 
 DEFAULT_RANKS: tuple[int, ...] = (1, 5, 10, 20)
 """Ranks reported by the TinyFace protocol."""
-
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
-"""File types read from image folders (compared case-insensitively)."""
-
-TINYFACE_PROBE = "Probe"
-TINYFACE_GALLERY_MATCH = "Gallery_Match"
-TINYFACE_DISTRACTOR_NAMES: tuple[str, ...] = ("Gallery_Distractor", "Gallery_Disctractor")
-"""The distractor folder, and the misspelling used in TinyFace's README."""
 
 FUSIONS: tuple[str, ...] = ("mean", "concat")
 
@@ -164,122 +153,8 @@ def cmc_scores(probe: np.ndarray | torch.Tensor, probe_labels: np.ndarray | Sequ
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Gallery layouts
-# ---------------------------------------------------------------------------------------------------------
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder`` (recursive), sorted by their relative path."""
-    folder = Path(folder)
-    found = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
-
-
-def _tinyface_label(path: Path) -> int:
-    prefix = path.name.split("_", 1)[0]
-    try:
-        return int(prefix)
-    except ValueError:
-        raise DataFormatError(path, f"file name must start with an integer identity label and '_' "
-                              f"(TinyFace naming), got prefix {prefix!r}") from None
-
-
-def _tinyface_folder(root: Path, names: Sequence[str]) -> list[Path]:
-    for name in names:
-        folder = root / name
-        if folder.is_dir():
-            images = list_images(folder)
-            if not images:
-                raise DataFormatError(folder, f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
-            return images
-    expected = f"{TINYFACE_PROBE}/, {TINYFACE_GALLERY_MATCH}/, {TINYFACE_DISTRACTOR_NAMES[0]}/"
-    missing = " or ".join(names)
-    raise DataFormatError(root, f"not a TinyFace layout: missing folder {missing} (expected {expected})")
-
-
-def load_tinyface_layout(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, list[Path], np.ndarray]:
-    """Read a TinyFace identification folder: ``(probe_paths, probe_labels, gallery_paths, gallery_labels)``.
-
-    ``root`` holds ``Probe/``, ``Gallery_Match/`` and ``Gallery_Distractor/`` (or TinyFace's misspelt
-    ``Gallery_Disctractor/``). A probe or matching-gallery label is the integer before the first ``_`` of the
-    file name (``17_3.jpg`` -> 17); the gallery is the matching images followed by the distractors, which are
-    labelled `DISTRACTOR_LABEL` whatever their names.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: identification folder not found")
-    probes = _tinyface_folder(root, (TINYFACE_PROBE,))
-    matches = _tinyface_folder(root, (TINYFACE_GALLERY_MATCH,))
-    distractors = _tinyface_folder(root, TINYFACE_DISTRACTOR_NAMES)
-    probe_labels = np.array([_tinyface_label(p) for p in probes], dtype=np.int64)
-    match_labels = np.array([_tinyface_label(p) for p in matches], dtype=np.int64)
-    distractor_labels = np.full(len(distractors), DISTRACTOR_LABEL, dtype=np.int64)
-    gallery_labels = np.concatenate([match_labels, distractor_labels])
-    return probes, probe_labels, matches + distractors, gallery_labels
-
-
-def split_identity_folder(root: str | os.PathLike, gallery_per_identity: int = 1, seed: int | None = None,
-                          ) -> tuple[list[Path], np.ndarray, list[Path], np.ndarray]:
-    """Split ``root/<identity>/*.jpg`` into a gallery and probes: ``(probe_paths, probe_labels, gallery_paths,
-    gallery_labels)``.
-
-    Identities are the sub-folders in sorted order, labelled 0, 1, ...; ``gallery_per_identity`` images of
-    each go to the gallery (the first ones in sorted order, or a random choice when ``seed`` is given) and the
-    rest are probes. An identity with no more images than that only enlarges the gallery.
-    """
-    root = Path(root)
-    if gallery_per_identity < 1:
-        raise ValueError(f"gallery_per_identity must be >= 1, got {gallery_per_identity}")
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: identity folder not found")
-    identities = sorted(p for p in root.iterdir() if p.is_dir())
-    if not identities:
-        raise DataFormatError(root, "no identity sub-folders (expected root/<identity>/<image>.jpg)")
-    rng = random.Random(seed)
-    probes: list[Path] = []
-    probe_labels: list[int] = []
-    gallery: list[Path] = []
-    gallery_labels: list[int] = []
-    for label, folder in enumerate(identities):
-        images = list_images(folder)
-        chosen = set(range(min(gallery_per_identity, len(images))))
-        if seed is not None:
-            chosen = set(rng.sample(range(len(images)), len(chosen)))
-        for position, image in enumerate(images):
-            target, labels = (gallery, gallery_labels) if position in chosen else (probes, probe_labels)
-            target.append(image)
-            labels.append(label)
-    if not gallery:
-        raise DataFormatError(root, "the identity folders hold no images")
-    if not probes:
-        raise DataFormatError(root, f"no probes: no identity has more than {gallery_per_identity} image(s)")
-    return probes, np.array(probe_labels, dtype=np.int64), gallery, np.array(gallery_labels, dtype=np.int64)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Embedding extraction
 # ---------------------------------------------------------------------------------------------------------
-
-
-class EncodedImages(Dataset):
-    """Decodes image files or encoded bytes to uint8 (3, size, size) tensors (for DataLoader workers)."""
-
-    def __init__(self, items: Sequence[str | os.PathLike | bytes], size: int = IMAGE_SIZE) -> None:
-        self.items = list(items)
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        item = self.items[index]
-        if isinstance(item, bytes | bytearray | memoryview):
-            return decode_face(bytes(item), "<bytes>", key=index, size=self.size)
-        try:
-            data = Path(item).read_bytes()
-        except OSError as error:
-            raise DataFormatError(item, f"cannot read image: {error.strerror or error}") from None
-        return decode_face(data, item, size=self.size)
 
 
 def _embedding_of(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -331,14 +206,4 @@ def embed_images(backbone: torch.nn.Module, paths_or_bytes: Sequence[str | os.Pa
     return np.concatenate(rows).astype(np.float32, copy=False)
 
 
-__all__ = [
-    "DEFAULT_RANKS",
-    "DISTRACTOR_LABEL",
-    "EncodedImages",
-    "cmc_scores",
-    "embed_images",
-    "list_images",
-    "load_tinyface_layout",
-    "rank_gallery",
-    "split_identity_folder",
-]
+__all__ = ["DEFAULT_RANKS", "cmc_scores", "embed_images", "rank_gallery"]

@@ -62,7 +62,7 @@ def _as_float64(array: Any, name: str) -> np.ndarray:
     return result
 
 
-def _as_issame(issame: Any, num_pairs: int | None = None) -> np.ndarray:
+def as_issame(issame: Any, num_pairs: int | None = None) -> np.ndarray:
     """Convert labels (bools or 0/1 values, list / numpy / torch) to a 1-D numpy bool array."""
     if hasattr(issame, "detach"):
         issame = issame.detach().cpu().numpy()
@@ -83,7 +83,7 @@ def _check_protocol(protocol: str) -> None:
         raise ValueError(f"unknown verification protocol {protocol!r}; expected one of {PROTOCOLS}")
 
 
-def _fold_size(num_pairs: int, folds: int) -> int:
+def fold_size(num_pairs: int, folds: int) -> int:
     """Pairs per fold; the folds must split the pairs into equal contiguous blocks."""
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
@@ -150,7 +150,7 @@ def fskd_best_threshold(scores: Any, issame: Any, thresholds: np.ndarray | None 
     equal to looping over the thresholds like ``eval_lfw.getThreshold``.
     """
     values = _as_float64(scores, "scores")
-    labels = _as_issame(issame, values.size)
+    labels = as_issame(issame, values.size)
     grid = fskd_thresholds() if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     same_sorted = np.sort(values[labels])
     different_sorted = np.sort(values[~labels])
@@ -166,7 +166,7 @@ def _fskd_accuracy(scores: np.ndarray, issame: np.ndarray, threshold: float) -> 
 
 
 def _fskd_fold_accuracies(left: np.ndarray, right: np.ndarray, issame: np.ndarray, folds: int) -> np.ndarray:
-    fold_of_pair = np.arange(issame.size) // _fold_size(issame.size, folds)
+    fold_of_pair = np.arange(issame.size) // fold_size(issame.size, folds)
     thresholds = fskd_thresholds()
     accuracies = np.zeros(folds)
     for fold in range(folds):
@@ -198,7 +198,7 @@ def insightface_best_threshold(distances: Any, issame: Any, thresholds: np.ndarr
     ``verification.calculate_roc``.
     """
     values = _as_float64(distances, "distances")
-    labels = _as_issame(issame, values.size)
+    labels = as_issame(issame, values.size)
     grid = insightface_thresholds() if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     return float(grid[int(np.argmax(_insightface_correct_counts(values, labels, grid)))])
 
@@ -206,7 +206,7 @@ def insightface_best_threshold(distances: Any, issame: Any, thresholds: np.ndarr
 def _insightface_fold_accuracies(
     left: np.ndarray, right: np.ndarray, issame: np.ndarray, folds: int
 ) -> np.ndarray:
-    fold_of_pair = np.arange(issame.size) // _fold_size(issame.size, folds)
+    fold_of_pair = np.arange(issame.size) // fold_size(issame.size, folds)
     thresholds = insightface_thresholds()
     distances = np.sum(np.square(np.subtract(_unit_rows(left), _unit_rows(right))), 1)
     accuracies = np.zeros(folds)
@@ -242,7 +242,7 @@ def verification_accuracy(
     left_features = _as_float64(left, "left")
     right_features = _as_float64(right, "right")
     _check_pair_features(left_features, right_features)
-    labels = _as_issame(issame, left_features.shape[0])
+    labels = as_issame(issame, left_features.shape[0])
     if protocol == "fskd":
         accuracies = _fskd_fold_accuracies(left_features, right_features, labels, folds)
     else:
@@ -277,7 +277,7 @@ def roc_points(scores: Any, issame: Sequence[bool] | np.ndarray) -> tuple[np.nda
     values = _as_float64(scores, "scores")
     if values.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {values.shape}")
-    labels = _as_issame(issame, values.size)
+    labels = as_issame(issame, values.size)
     positives = int(labels.sum())
     negatives = labels.size - positives
     if positives == 0 or negatives == 0:
@@ -311,7 +311,7 @@ def evaluate_pairs(
         _check_protocol(protocol)
     original = _as_float64(embeddings, "embeddings")
     mirrored = _as_float64(flipped, "flipped")
-    labels = _as_issame(issame)
+    labels = as_issame(issame)
     if original.ndim != 2 or original.shape[0] != 2 * labels.size:
         raise ValueError(
             f"embeddings must have shape (2 * {labels.size}, E) for {labels.size} pairs, got {original.shape}"

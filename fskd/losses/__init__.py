@@ -1,7 +1,14 @@
-"""Distillation losses: F-SKD and the baselines it is compared with, plus a factory by name.
+"""Distillation losses: F-SKD and the baselines it is compared with, plus a registry by method name.
 
 Every loss takes (student, teacher) inputs, detaches the teacher, computes in float32 and returns the
-UNWEIGHTED scalar; multiply by the class attribute ``default_weight`` (the authors' value) or your own.
+UNWEIGHTED scalar. Each loss class carries its own metadata, which the training system reads:
+
+* ``name``: the ``distill`` method name used in configs (``--model.distill``);
+* ``inputs``: what it compares: ``"features"`` (the four stage maps, (B, C, H, W) each), ``"attention"``
+  ((channel_gate, spatial_gate) per CBAM block), ``"embedding"`` ((B, E)) or ``"logits"`` (margin head, (B, K));
+* ``needs_hint``: the student stage maps pass through `HintAdapters` first (the teacher's stay raw);
+* ``same_channels``: teacher and student stage maps must have the same channel counts;
+* ``default_weight``: the weight of the authors' scripts.
 """
 
 from __future__ import annotations
@@ -18,47 +25,28 @@ from fskd.losses.baselines import (
     LogitKDLoss,
     RelationalKDLoss,
 )
-from fskd.losses.fskd import FeatureSimilarityLoss
+from fskd.losses.fskd import FeatureSimilarityLoss, HintedFeatureSimilarityLoss
 
-#: Loss class per distillation name. "fskd_hint" is the same F-SKD loss; the caller must pass the student
-#: stage maps through ``HintAdapters`` first (see ``NEEDS_HINT``).
-_LOSS_CLASSES: dict[str, type[nn.Module]] = {
-    "fskd": FeatureSimilarityLoss,
-    "fskd_hint": FeatureSimilarityLoss,
-    "askd": AttentionSimilarityLoss,
-    "fitnet": FitNetLoss,
-    "at": AttentionTransferLoss,
-    "rkd": RelationalKDLoss,
-    "hkd": LogitKDLoss,
+#: Loss class per distillation method name, derived from each class's ``name``.
+DISTILL_LOSSES: dict[str, type[nn.Module]] = {
+    loss.name: loss
+    for loss in (FeatureSimilarityLoss, HintedFeatureSimilarityLoss, AttentionSimilarityLoss, FitNetLoss,
+                 AttentionTransferLoss, RelationalKDLoss, LogitKDLoss)
 }
 
-DISTILL_NAMES: tuple[str, ...] = tuple(_LOSS_CLASSES)
-
-#: Which model outputs each loss consumes: "features" = list of stage maps (B, C, H, W); "attention" = list
-#: of (channel_gate, spatial_gate) pairs per CBAM block; "embedding" = (B, E); "logits" = margin-head (B, K).
-DISTILL_INPUTS: dict[str, str] = {
-    "fskd": "features",
-    "fskd_hint": "features",
-    "askd": "attention",
-    "fitnet": "features",
-    "at": "features",
-    "rkd": "embedding",
-    "hkd": "logits",
-}
-
-#: Losses whose student stage maps must first pass through ``HintAdapters`` (teacher maps stay raw).
-NEEDS_HINT: frozenset[str] = frozenset({"fskd_hint", "fitnet"})
+DISTILL_NAMES: tuple[str, ...] = tuple(DISTILL_LOSSES)
 
 
 def create_distill_loss(name: str, **kwargs: Any) -> nn.Module:
     """Build the distillation loss called ``name`` (one of ``DISTILL_NAMES``), passing ``kwargs`` on.
 
-    The returned module carries ``default_weight``. For names in ``NEEDS_HINT`` the caller also owns a
-    ``HintAdapters`` module for the student; this factory returns only the loss.
+    The returned module carries its metadata (``inputs``, ``needs_hint``, ``default_weight``...). When
+    ``needs_hint`` is set the caller also owns a ``HintAdapters`` module for the student; this factory returns
+    only the loss.
     """
-    if name not in _LOSS_CLASSES:
+    if name not in DISTILL_LOSSES:
         raise ValueError(f"unknown distillation loss {name!r}; expected one of: {', '.join(DISTILL_NAMES)}")
-    loss_class = _LOSS_CLASSES[name]
+    loss_class = DISTILL_LOSSES[name]
     try:
         return loss_class(**kwargs)
     except TypeError as error:
@@ -67,14 +55,14 @@ def create_distill_loss(name: str, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "DISTILL_INPUTS",
+    "DISTILL_LOSSES",
     "DISTILL_NAMES",
-    "NEEDS_HINT",
     "AttentionSimilarityLoss",
     "AttentionTransferLoss",
     "FeatureSimilarityLoss",
     "FitNetLoss",
     "HintAdapters",
+    "HintedFeatureSimilarityLoss",
     "LogitKDLoss",
     "RelationalKDLoss",
     "create_distill_loss",

@@ -7,6 +7,7 @@ Teacher inputs are detached inside. Formulas and the differences between code ve
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +72,11 @@ class AttentionSimilarityLoss(nn.Module):
     instead SUMS over blocks, multiplies by beta = 5 and uses pre-sigmoid maps; see docs/losses.md.)
     """
 
-    default_weight: float = 80.0
+    name: ClassVar[str] = "askd"
+    inputs: ClassVar[str] = "attention"
+    needs_hint: ClassVar[bool] = False
+    same_channels: ClassVar[bool] = True
+    default_weight: ClassVar[float] = 80.0
 
     def forward(
         self,
@@ -114,7 +119,11 @@ class FitNetLoss(nn.Module):
     The student maps must already have passed ``HintAdapters``; shapes must match pairwise.
     """
 
-    default_weight: float = 1.5
+    name: ClassVar[str] = "fitnet"
+    inputs: ClassVar[str] = "features"
+    needs_hint: ClassVar[bool] = True
+    same_channels: ClassVar[bool] = True
+    default_weight: ClassVar[float] = 1.5
 
     def forward(self, student_adapted: Sequence[Tensor], teacher_features: Sequence[Tensor]) -> Tensor:
         pairs = paired_stages(student_adapted, teacher_features)
@@ -130,7 +139,11 @@ class AttentionTransferLoss(nn.Module):
     student and teacher; batch and spatial sizes must match.
     """
 
-    default_weight: float = 1000.0
+    name: ClassVar[str] = "at"
+    inputs: ClassVar[str] = "features"
+    needs_hint: ClassVar[bool] = False
+    same_channels: ClassVar[bool] = False
+    default_weight: ClassVar[float] = 1000.0
 
     def forward(self, student_features: Sequence[Tensor], teacher_features: Sequence[Tensor]) -> Tensor:
         student_list = as_tensor_list(student_features, "student_features")
@@ -173,7 +186,11 @@ class RelationalKDLoss(nn.Module):
     embedding sizes; B >= 2 is required. A tensor or a list of tensors (averaged) is accepted.
     """
 
-    default_weight: float = 40.0
+    name: ClassVar[str] = "rkd"
+    inputs: ClassVar[str] = "embedding"
+    needs_hint: ClassVar[bool] = False
+    same_channels: ClassVar[bool] = False
+    default_weight: ClassVar[float] = 40.0
 
     def __init__(self, distance_weight: float = 1.0, angle_weight: float = 2.0) -> None:
         super().__init__()
@@ -248,7 +265,11 @@ class LogitKDLoss(nn.Module):
     list of tensors (averaged) is accepted.
     """
 
-    default_weight: float = 1.0
+    name: ClassVar[str] = "hkd"
+    inputs: ClassVar[str] = "logits"
+    needs_hint: ClassVar[bool] = False
+    same_channels: ClassVar[bool] = False
+    default_weight: ClassVar[float] = 1.0
 
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()

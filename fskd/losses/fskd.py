@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -86,10 +87,14 @@ class FeatureSimilarityLoss(nn.Module):
     Call ``loss(student_features, teacher_features)`` with two lists/tuples of stage outputs (B, C, H, W),
     equal shapes pairwise (any number >= 1 of stages). Gradients flow only into the student features; the
     computation runs in float32 even under autocast. Returns the unweighted scalar loss in [0, 2].
-    Used unchanged for the "hint" variant: the caller adapts the student maps with ``HintAdapters`` first.
+    `HintedFeatureSimilarityLoss` is the same loss for the later code's "hint" variant.
     """
 
-    default_weight: float = 20.0
+    name: ClassVar[str] = "fskd"
+    inputs: ClassVar[str] = "features"
+    needs_hint: ClassVar[bool] = False
+    same_channels: ClassVar[bool] = True
+    default_weight: ClassVar[float] = 20.0
 
     def __init__(self, eps: float = COSINE_EPS) -> None:
         super().__init__()
@@ -102,3 +107,12 @@ class FeatureSimilarityLoss(nn.Module):
                 (1.0 - flattened_cosine(s.float(), t.detach().float(), self.eps)).mean() for s, t in pairs
             ]
             return torch.stack(stage_losses).mean()
+
+
+
+class HintedFeatureSimilarityLoss(FeatureSimilarityLoss):
+    """F-SKD of the authors' later code: the same loss, on student stage maps first passed through
+    ``HintAdapters`` (1x1 convolution + BN per stage; the teacher maps stay raw)."""
+
+    name: ClassVar[str] = "fskd_hint"
+    needs_hint: ClassVar[bool] = True

@@ -1,4 +1,5 @@
-"""fskd.models: iResNet backbones (with optional SE/CBAM attention) and classification/margin heads."""
+"""fskd.models: iResNet backbones (with optional SE/CBAM attention), classification/margin heads, and loading
+a trained backbone or head from a checkpoint (plain PyTorch: no Lightning import)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from fskd.models.iresnet import (
     create_backbone,
     list_backbones,
 )
+from fskd.models.loading import load_backbone, load_head, read_checkpoint
 
 __all__ = [
     "AdaFace",
@@ -37,4 +39,7 @@ __all__ = [
     "create_head",
     "list_backbones",
     "list_heads",
+    "load_backbone",
+    "load_head",
+    "read_checkpoint",
 ]

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fskd.evaluation.metric import VerificationMetric
 from fskd.models import create_backbone, create_head
+from fskd.systems.metric import VerificationMetric
 
 log = logging.getLogger(__name__)
 

@@ -7,18 +7,14 @@ DataModule). Total loss = CE(student margin head) + weight x distillation loss; 
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
-from fskd.losses import DISTILL_INPUTS, NEEDS_HINT, HintAdapters, create_distill_loss
+from fskd.losses import HintAdapters, create_distill_loss
+from fskd.models.loading import load_backbone, load_head
 from fskd.systems.base import FaceRecognitionModule
-from fskd.systems.checkpoint import load_backbone, load_head
-
-# The frozen teacher is in eval mode on purpose (see `DistillModule.train`).
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 class DistillModule(FaceRecognitionModule):
@@ -50,11 +46,11 @@ class DistillModule(FaceRecognitionModule):
     ) -> None:
         super().__init__(**kwargs)
         self.distill_loss = create_distill_loss(distill)
-        self.distill_input = DISTILL_INPUTS[distill]
+        self.distill_input = self.distill_loss.inputs
         self.distill_weight = float(distill_weight if distill_weight is not None else
                                     self.distill_loss.default_weight)
         self.hints = (HintAdapters(self.backbone.feature_channels, batch_norm=hint_batch_norm)
-                      if distill in NEEDS_HINT else None)
+                      if self.distill_loss.needs_hint else None)
         self.teacher: nn.Module | None = None
         self.teacher_head: nn.Module | None = None
         if teacher_ckpt is not None:
@@ -67,7 +63,8 @@ class DistillModule(FaceRecognitionModule):
         teacher = load_backbone(path)
         student = self.backbone
         need = self.distill_input
-        if need == "features" and self.hparams.distill != "at" and teacher.feature_channels != student.feature_channels:
+        if need == "features" and self.distill_loss.same_channels and \
+                teacher.feature_channels != student.feature_channels:
             raise ValueError(f"{path}: teacher stage channels {teacher.feature_channels} differ from the student's "
                              f"{student.feature_channels}; {self.hparams.distill!r} compares stage maps one to one")
         if need == "attention" and (teacher.mode != "cbam" or student.mode != "cbam"

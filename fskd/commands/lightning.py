@@ -1,4 +1,6 @@
-"""LightningCLI wiring: the number of classes flows from the data into the model, checkpoints keep ``last.ckpt``.
+"""``fskd fit|validate|test|predict``: LightningCLI over `FaceDataModule` and any `FaceRecognitionModule`.
+
+The number of classes flows from the data into the model; checkpoints keep ``last.ckpt``.
 
 Reliability defaults (see docs/reliability.md): the checkpoint callback (`fskd.callbacks.FskdCheckpoint`, a
 ``ModelCheckpoint``) rewrites ``last.ckpt`` when training ends and also saves on an exception or SIGTERM
@@ -14,17 +16,21 @@ from __future__ import annotations
 import logging
 import pickle
 import signal
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fskd.callbacks import FskdCheckpoint, GlobalRNGState, GracefulSigterm
+from fskd.callbacks.console import quiet_console
 from fskd.checkpoint_io import SafeCheckpointIO
-from fskd.datamodule import FaceDataModule
+from fskd.data.datamodule import FaceDataModule
+from fskd.models.loading import load_error
 from fskd.systems.base import FaceRecognitionModule
 
 log = logging.getLogger(__name__)
@@ -40,7 +46,8 @@ TRAINER_DEFAULTS = {
     ],
     "callbacks": [
         {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
-        {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
+        {"class_path": "fskd.callbacks.console.ProgressBar"},
+        {"class_path": "fskd.callbacks.console.ParameterSummary"},
     ],
 }
 
@@ -79,16 +86,18 @@ class FskdCLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         try:
             super()._parse_ckpt_path()
-        except pickle.UnpicklingError as error:
-            raise ValueError(f"{path}: refused to load: weights-only loading rejects pickled code or unknown "
-                             f"objects ({str(error).splitlines()[0]})") from None
-        except (RuntimeError, EOFError) as error:
-            raise ValueError(f"{path}: not a readable checkpoint ({str(error).splitlines()[0]})") from None
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+            raise load_error(path, error) from None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The configured trainer plus `GlobalRNGState`, `GracefulSigterm` and, unless a CheckpointIO plugin
         is configured, `SafeCheckpointIO` (added here, so configs that replace callbacks or plugins keep them)."""
         trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in trainer.callbacks):
+            # Lightning would compute every embedding, keep none and exit 0.
+            raise ValueError("predict writes nothing without a prediction writer: add "
+                             "--trainer.callbacks+=fskd.callbacks.EmbeddingWriter --trainer.callbacks.output OUT "
+                             "(writes OUT.npy and OUT.txt)")
         for callback_class in (GlobalRNGState, GracefulSigterm):
             if not any(isinstance(c, callback_class) for c in trainer.callbacks):
                 trainer.callbacks.append(callback_class())
@@ -110,5 +119,18 @@ class FskdCLI(LightningCLI):
                 drop.append("ProgressBar")
             if trainer.get("logger") is False:
                 drop.append("LearningRateMonitor")
+            if trainer.get("enable_model_summary") is False:
+                drop.append("ParameterSummary")
             trainer["callbacks"] = [c for c in trainer["callbacks"]
                                     if not any(str(getattr(c, "class_path", "")).endswith(d) for d in drop)]
+
+
+def lightning_main(argv: Sequence[str] | None = None, run: bool = True) -> FskdCLI:
+    """Run LightningCLI with ``argv`` (``["fit", "--config", ...]``); ``None`` reads ``sys.argv`` (the shell)."""
+    quiet_console()
+    return FskdCLI(args=list(argv) if argv is not None else None, run=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    lightning_main(argv)
+    return 0

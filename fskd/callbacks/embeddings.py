@@ -1,7 +1,7 @@
-"""Embedding extraction with ``fskd predict``: the image source and the writer of ``<output>.npy``/``.txt``.
+"""Embedding extraction with ``fskd predict``: the writer of ``<output>.npy``/``.txt``.
 
-`PredictionImages` lists the faces to embed (an image folder, searched recursively, or an insightface
-``.rec`` file); `FaceDataModule` serves it as its predict set and turns each batch into normalised (and
+`fskd.data.sources.PredictionImages` lists the faces to embed (an image folder, searched recursively, or an
+insightface ``.rec`` file); `FaceDataModule` serves it as its predict set and turns each batch into normalised (and
 optionally degraded) floats on the device; the system's ``predict_step`` returns ``{"index", "embedding"}``;
 `EmbeddingWriter` collects those at the end of the epoch, gathers them from every rank, puts the rows back in
 dataset order and writes them on rank 0:
@@ -21,64 +21,6 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import Dataset
-
-from fskd.data.errors import DataFormatError
-from fskd.data.images import IMAGE_SIZE, decode_face
-from fskd.data.recordio import FaceRecordFile
-from fskd.evaluation.identification import IMAGE_SUFFIXES, list_images
-
-REC_NAME_PREFIX = "rec:"
-
-
-class PredictionImages(Dataset):
-    """Faces to embed: every image under a folder (recursive, sorted by relative path) or every image of a
-    ``.rec`` file (with the ``.idx`` of the same name beside it), in record order.
-
-    Items are ``{"image": uint8 (3, size, size), "index": int}``; `names` holds, per index, the path relative
-    to the folder (POSIX separators) or ``"rec:<key>"``.
-    """
-
-    def __init__(self, source: str | os.PathLike, size: int = IMAGE_SIZE) -> None:
-        self.source = Path(source)
-        self.size = size
-        self.records: FaceRecordFile | None = None
-        self.paths: list[Path] = []
-        if self.source.is_dir():
-            self.paths = list_images(self.source)
-            if not self.paths:
-                suffixes = ", ".join(IMAGE_SUFFIXES)
-                raise DataFormatError(self.source, f"no images ({suffixes}) under the folder")
-            self.names = [p.relative_to(self.source).as_posix() for p in self.paths]
-        elif self.source.is_file() and self.source.suffix == ".rec":
-            index_path = self.source.with_suffix(".idx")
-            if not index_path.is_file():
-                raise FileNotFoundError(f"{index_path}: index file not found beside {self.source}")
-            self.records = FaceRecordFile(self.source, index_path)
-            self.names = [f"{REC_NAME_PREFIX}{key}" for key in self.records.image_keys]
-            if not self.names:
-                raise DataFormatError(self.source, "the record file holds no images")
-        elif self.source.exists():
-            raise ValueError(f"{self.source}: expected an image folder or a .rec file")
-        else:
-            raise FileNotFoundError(f"{self.source}: prediction source not found")
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < len(self.names):
-            raise IndexError(f"image index {index} out of range for {len(self.names)} images")
-        if self.records is not None:
-            _, payload = self.records.read_image(index)
-            image = decode_face(payload, self.source, key=self.records.key_of(index), size=self.size)
-        else:
-            path = self.paths[index]
-            image = decode_face(path.read_bytes(), path, size=self.size)
-        return {"image": image, "index": index}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.source)!r}, images={len(self)})"
 
 
 def _flatten_batches(predictions: Sequence[Any]) -> list[dict[str, torch.Tensor]]:
@@ -193,4 +135,4 @@ class EmbeddingWriter(BasePredictionWriter):
                        f"{npy_path} and names to {txt_path}")
 
 
-__all__ = ["EmbeddingWriter", "PredictionImages", "output_paths"]
+__all__ = ["EmbeddingWriter", "output_paths"]

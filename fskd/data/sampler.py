@@ -38,7 +38,7 @@ class ResumableSampler(DistributedSampler):
         shuffle: ``False`` keeps the dataset order in every epoch (tests, debugging).
         drop_last: drop the last partial global batch instead of completing it.
         with_epoch: yield ``(index, epoch)`` pairs instead of indices, for datasets whose per-sample
-            randomness is seeded from them (see ``fskd.datamodule``).
+            randomness is seeded from them (see ``fskd.data.datamodule``).
     """
 
     def __init__(self, dataset: Sized, global_batch_size: int, num_replicas: int = 1, rank: int = 0,

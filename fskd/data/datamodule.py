@@ -4,7 +4,7 @@ The loader workers only decode (and optionally run albumentations); flipping, no
 low-resolution degradation run in `on_after_batch_transfer`, batched on whatever device the batch reaches, with
 draws from a generator owned by the DataModule so that they are reproducible from the seed.
 
-The training order comes from `fskd.sampler.ResumableSampler`: defined for the global batch, so it does not
+The training order comes from `fskd.data.sampler.ResumableSampler`: defined for the global batch, so it does not
 depend on the number of processes, and resumable mid-epoch. Its position and the flip/degradation generator are
 the DataModule's state (saved in checkpoints) and advance together, once per training batch that reaches the
 model (`on_after_batch_transfer`). The generator draws for the whole global batch on every process, each process
@@ -36,7 +36,7 @@ from fskd.data.degrade import MODES, RANDOM_MODES, Degradation, DegradationPlan,
 from fskd.data.errors import DataFormatError
 from fskd.data.folder import VERIFICATION_SETS
 from fskd.data.images import IMAGE_SIZE, normalize
-from fskd.sampler import ResumableSampler
+from fskd.data.sampler import ResumableSampler
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +136,10 @@ class FaceDataModule(L.LightningDataModule):
         val_interpolation: fixed degradation mode for evaluation (``nearest`` as the paper-era code).
         drop_last: drop the last, partial global batch of each epoch; by default it is completed with the first
             samples of the same epoch's order, so that every batch is full whatever the number of processes.
-        seed: seed of the training order (`fskd.sampler.ResumableSampler`), of the flip/degradation generator
+        seed: seed of the training order (`fskd.data.sampler.ResumableSampler`), of the flip/degradation generator
             and of the per-sample albumentations draws.
         predict_source: for ``predict``: a folder of images (recursive) or a ``.rec`` file; ``None`` = the
-            verification images. Use with ``fskd.prediction.EmbeddingWriter`` to write ``.npy`` + names.
+            verification images. Use with ``fskd.callbacks.EmbeddingWriter`` to write ``.npy`` + names.
         predict_resolution: degrade the ``predict`` images to this size and back (112 = as they are).
     """
 
@@ -330,14 +330,14 @@ class FaceDataModule(L.LightningDataModule):
         if self.predict_source is None:
             return self.val_dataloader()
         if self.predict_set is None:
-            from fskd.prediction import PredictionImages
+            from fskd.data.sources import PredictionImages
 
             self.predict_set = PredictionImages(self.predict_source, self.image_size)
         return self._loader(self.predict_set, self.val_batch_size)
 
     @property
     def predict_names(self) -> list[str] | None:
-        """Names of the ``predict_source`` images in index order (read by `fskd.prediction.EmbeddingWriter`)."""
+        """Names of the ``predict_source`` images in index order (read by `fskd.callbacks.EmbeddingWriter`)."""
         return None if self.predict_set is None else list(self.predict_set.names)
 
     # -- on-device transforms ----------------------------------------------------------------------------------

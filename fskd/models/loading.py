@@ -1,4 +1,8 @@
-"""Safe loading of trained networks from system checkpoints (weights only: a checkpoint cannot run code)."""
+"""Safe loading of trained networks from system checkpoints (weights only: a checkpoint cannot run code).
+
+Plain PyTorch: `load_backbone` gives an eval-mode `IResNet` without importing Lightning, so identification,
+export and any user script can use a trained model without the training stack.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,28 @@ from typing import Any
 
 import torch
 
-from fskd.models import IResNet, create_backbone, create_head
-from fskd.models.heads import ClassificationHead
+from fskd.models.heads import ClassificationHead, create_head
+from fskd.models.iresnet import IResNet, create_backbone
 
 #: Hyper-parameters that define a backbone's architecture (as saved by `FaceRecognitionModule`).
 ARCHITECTURE_KEYS = ("backbone", "mode", "neck", "width", "embedding_size", "dropout")
+
+
+def load_error(path: str | os.PathLike, error: BaseException) -> ValueError:
+    """The error for a checkpoint file that ``torch.load(weights_only=True)`` rejected, naming the file."""
+    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, pickle.UnpicklingError):
+        return ValueError(f"{path}: refused to load: weights-only loading rejects pickled code or unknown "
+                          f"objects ({first_line})")
+    return ValueError(f"{path}: not a readable checkpoint ({first_line})")
+
+
+def safe_torch_load(path: str | os.PathLike, map_location: Any = None) -> Any:
+    """``torch.load(weights_only=True)`` with errors that name the file and say why it was refused."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise load_error(path, error) from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -21,13 +42,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(f"{path}: refused to load (weights-only loading rejects pickled code or unknown "
-                         f"objects): {str(error).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ValueError(f"{path}: not a readable checkpoint ({error})") from None
+    checkpoint = safe_torch_load(path, map_location="cpu")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ValueError(f"{path}: not an fskd system checkpoint (no state_dict/hyper_parameters)")
     return checkpoint

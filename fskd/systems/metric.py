@@ -17,7 +17,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from fskd.evaluation.verification import PROTOCOLS, _as_issame, _fold_size, evaluate_pairs
+from fskd.evaluation.verification import PROTOCOLS, as_issame, evaluate_pairs, fold_size
 
 
 class VerificationMetric(Metric):
@@ -48,8 +48,8 @@ class VerificationMetric(Metric):
         unknown = [name for name in protocols if name not in PROTOCOLS]
         if unknown:
             raise ValueError(f"unknown verification protocol(s) {unknown}; expected names from {PROTOCOLS}")
-        self.issame = _as_issame(issame)
-        _fold_size(self.issame.size, folds)  # fail at construction, not after a whole validation epoch
+        self.issame = as_issame(issame)
+        fold_size(self.issame.size, folds)  # fail at construction, not after a whole validation epoch
         self.protocols = tuple(protocols)
         self.folds = folds
         self.num_images = 2 * self.issame.size

@@ -16,7 +16,7 @@ due, through Lightning's usual SIGTERM path (checkpoint written by ``save_on_exc
 
 `GlobalRNGState` saves the global torch (CPU and current CUDA device), numpy and Python ``random`` states
 in every checkpoint and puts them back when training resumes. The training order, the flips and the
-degradation have their own generators (``fskd.datamodule``); the global torch generator still drives dropout
+degradation have their own generators (``fskd.data.datamodule``); the global torch generator still drives dropout
 and anything a user adds. The states are stored as tensors and plain numbers, so checkpoints stay loadable
 with ``torch.load(weights_only=True)``.
 """

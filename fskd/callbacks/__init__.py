@@ -1,0 +1,8 @@
+"""Lightning callbacks: exact resumption and graceful stops (`resume`), embedding files from ``predict``
+(`embeddings`), a quiet console (`console`)."""
+
+from fskd.callbacks.console import ParameterSummary, ProgressBar
+from fskd.callbacks.embeddings import EmbeddingWriter
+from fskd.callbacks.resume import FskdCheckpoint, GlobalRNGState, GracefulSigterm
+
+__all__ = ["EmbeddingWriter", "FskdCheckpoint", "GlobalRNGState", "GracefulSigterm", "ParameterSummary", "ProgressBar"]

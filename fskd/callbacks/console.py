@@ -1,0 +1,93 @@
+"""A quiet, truthful console: a progress bar without a made-up epoch total, a model summary without a FLOPs
+count nobody measured, and no third-party advertising or warnings a user cannot act on.
+
+`quiet_console` is called by every ``fskd fit|validate|test|predict`` (and so by ``fskd demo``); it is
+idempotent. The filters it installs are process-wide on purpose: a ``warnings.catch_warnings`` block around one
+run (as the demo has) would otherwise drop a filter that was added while it was open.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelSummary, RichProgressBar
+from lightning.pytorch.utilities import rank_zero_info
+
+#: Warnings fskd has decided about; each line says why it is not the user's to act on.
+QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    # DistillModule keeps its frozen teacher in eval mode on purpose (BN statistics stay the teacher's).
+    (r"Found \d+ module\(s\) in eval mode at the start of training", UserWarning),
+    # Evaluating a checkpoint from another folder: the best-k bookkeeping of the fit is not needed.
+    (r"The dirpath has changed from", UserWarning),
+    # The model summary cannot size bf16 parameters; fskd's summary prints parameter counts only.
+    (r"Precision .* is not supported by the model summary", UserWarning),
+)
+
+
+#: Starts of Lightning info lines that say nothing to an fskd user.
+QUIET_INFO: tuple[str, ...] = (
+    "💡 Tip",  # advertising for hosted services ("try installing litlogger / litmodels")
+    "Trainer already configured with model summary callbacks",  # fskd's own ParameterSummary, by design
+)
+
+
+class _QuietInfo(logging.Filter):
+    """Drops the Lightning info lines of `QUIET_INFO`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).lstrip().startswith(QUIET_INFO)
+
+
+_FILTER = _QuietInfo()
+
+
+def quiet_console() -> None:
+    """Install the warning filters and the info-line filter (once per process)."""
+    for message, category in QUIET_WARNINGS:
+        if not any(f[1] is not None and f[1].pattern == message for f in warnings.filters):
+            warnings.filterwarnings("ignore", message=message, category=category)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, truthful for step-based recipes: "Epoch 6 of a 47000-step run" instead of
+    "Epoch 6/-2" (``max_epochs: -1``), and without the logger's version number among the metrics."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        if trainer.max_epochs is not None and trainer.max_epochs >= 0:
+            return super()._get_train_description(current_epoch)
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            return f"Epoch {current_epoch} of a {trainer.max_steps}-step run"
+        return f"Epoch {current_epoch}"
+
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
+class ParameterSummary(ModelSummary):
+    """The model's top-level modules with their parameter counts and mode, and the totals; no FLOPs line
+    (Lightning prints "Total FLOPs: 0" unless the model defines an example input)."""
+
+    @staticmethod
+    def summarize(summary_data: list[tuple[str, list[str]]], total_parameters: int, trainable_parameters: int,
+                  model_size: float, total_training_modes: dict[str, int], total_flops: int,
+                  **summarize_kwargs: Any) -> None:
+        columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
+        widths = [max(len(name), *(len(v) for v in values)) if values else len(name) for name, values in columns]
+        rows = [" | ".join(name.ljust(width) for (name, _), width in zip(columns, widths, strict=True))]
+        rows.append("-" * len(rows[0]))
+        for index in range(len(columns[0][1]) if columns else 0):
+            rows.append(" | ".join(values[index].ljust(width)
+                                   for (_, values), width in zip(columns, widths, strict=True)))
+        frozen = total_parameters - trainable_parameters
+        rows.append(f"{trainable_parameters:,} trainable and {frozen:,} frozen parameters "
+                    f"({model_size:,.1f} MB in float32)")
+        rank_zero_info("\n" + "\n".join(rows))
