@@ -175,3 +175,13 @@ def test_plain_pieces_load_without_lightning_or_torchmetrics(statement: str) -> 
              "print(loaded); sys.exit(1 if loaded else 0)")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_docs_page_the_code_cites_exists() -> None:
+    root = PACKAGE.parent
+    cited = {(path.relative_to(root).as_posix(), page)
+             for folder in ("fskd", "benchmarks", "tests") for path in (root / folder).rglob("*.py")
+             for page in re.findall(r"docs/[\w-]+\.md", path.read_text())}
+    cited |= {("README.md", page) for page in re.findall(r"docs/[\w-]+\.md", (root / "README.md").read_text())}
+    missing = sorted((source, page) for source, page in cited if not (root / page).is_file())
+    assert cited and not missing

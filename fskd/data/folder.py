@@ -7,7 +7,7 @@ Layout (what their ``load_images_from_bin.py`` produced, with its bugs fixed)::
     <root>/evaluation/<name>.txt          "00001.jpg 00002.jpg 1" per pair (1 same, -1 different), no header
     <root>/evaluation/<name>/00001.jpg
 
-Differences from the authors' utility (fskd-method.md 7.2): no hard-coded dataset folder name (paths in
+Differences from the authors' utility (docs/fskd-method.md section 7.2): no hard-coded dataset folder name (paths in
 ``train.list`` are written relative to the root and resolved relative to it, or after their last ``image/``
 component for lists written elsewhere); no header line is dropped from pair lists; class labels keep the record
 labels instead of being renumbered in ``os.listdir`` order; and image bytes are copied verbatim, not re-encoded.
