@@ -185,3 +185,15 @@ def test_every_docs_page_the_code_cites_exists() -> None:
     cited |= {("README.md", page) for page in re.findall(r"docs/[\w-]+\.md", (root / "README.md").read_text())}
     missing = sorted((source, page) for source, page in cited if not (root / page).is_file())
     assert cited and not missing
+
+
+@pytest.mark.parametrize("class_path", ["fskd.systems.TeacherModule", "fskd.systems.DistillModule",
+                                        "fskd.systems.teacher.TeacherModule", "fskd.systems.distill.DistillModule"])
+def test_class_paths_in_earlier_checkpoints_still_import(class_path: str) -> None:
+    """Checkpoints written before the restructuring name their system by these paths (``_class_path`` in the
+    hyper-parameters; callbacks and the DataModule are keyed by class name only). One written by commit bba6985
+    was validated, resumed and used as a teacher after it."""
+    import importlib
+
+    module, _, name = class_path.rpartition(".")
+    assert isinstance(getattr(importlib.import_module(module), name), type)
