@@ -197,3 +197,20 @@ def test_class_paths_in_earlier_checkpoints_still_import(class_path: str) -> Non
 
     module, _, name = class_path.rpartition(".")
     assert isinstance(getattr(importlib.import_module(module), name), type)
+
+
+def test_help_of_fskd_and_of_every_tool_answers_without_lightning() -> None:
+    from fskd.cli import COMMANDS
+
+    tools = [name for name, command in COMMANDS.items() if not command.lightning]
+    assert set(tools) >= {"synth", "synth-tinyface", "prepare", "identify", "export", "demo"}
+    check = ("import contextlib, io, sys\n"
+             "from fskd.cli import main\n"
+             f"for name in {tools!r}:\n"
+             "    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+             "        main([name, '--help'])\n"
+             "    assert out.getvalue().startswith(f'usage: fskd {name}'), (name, out.getvalue()[:200])\n"
+             f"loaded = sorted(m for m in sys.modules if m.split('.')[0] in {TRAINING_STACK!r})\n"
+             "print(loaded); sys.exit(1 if loaded else 0)")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
