@@ -17,7 +17,7 @@ from fskd.commands.demo import main as demo_main
 from fskd.commands.demo import running
 from fskd.commands.demo.pictures import plot_roc, roc_auc
 from fskd.commands.demo.presets import PRESETS
-from fskd.commands.demo.report import CSV_COLUMNS
+from fskd.commands.demo.report import CSV_COLUMNS, markdown_tables
 from fskd.commands.demo.results import (
     ALL_SETS,
     MODELS,
@@ -190,6 +190,18 @@ def test_set_means_seed_summary_and_gains_are_exact() -> None:
     assert gains["lfw"]["mean"] == pytest.approx(0.02) and gains["lfw"]["positive"] == 2
     assert gains["lfw"]["seed_std"] == pytest.approx(np.std([0.03, -0.01, 0.04], ddof=1))
     assert gains[ALL_SETS]["gains"] == pytest.approx([0.03, -0.01, 0.04])
+
+
+def test_tables_show_a_spread_over_seeds_only_when_there_are_several() -> None:
+    rows = with_set_means([_row(seed, model, "lfw", accuracy) for seed, model, accuracy in (
+        (0, "baseline_14", 0.70), (0, "fskd_14", 0.73), (1, "baseline_14", 0.74), (1, "fskd_14", 0.72))])
+    two = markdown_tables(summarise(rows), rows, ["lfw"], [14])
+    assert "| base student 14 px (labels only) | lfw | 72.0 ± 2.8 [2.0] |" in two
+    assert "## Seed 0" in two and "## Seed 1" in two and "| +3.0, -2.0 | +0.5 ± 3.5 | 1/2 |" in two
+    one_seed = [r for r in rows if r.seed == 0]
+    one = markdown_tables(summarise(one_seed), one_seed, ["lfw"], [14])
+    assert "| base student 14 px (labels only) | lfw | 70.0 [2.0] |" in one
+    assert "±" not in one and "| +3.0 | +3.0 | 1/1 |" in one
 
 
 def test_missing_metric_is_named() -> None:

@@ -1,14 +1,9 @@
 """Distillation losses: F-SKD and the baselines it is compared with, plus a registry by method name.
 
 Every loss takes (student, teacher) inputs, detaches the teacher, computes in float32 and returns the
-UNWEIGHTED scalar. Each loss class carries its own metadata, which the training system reads:
-
-* ``name``: the ``distill`` method name used in configs (``--model.distill``);
-* ``inputs``: what it compares: ``"features"`` (the four stage maps, (B, C, H, W) each), ``"attention"``
-  ((channel_gate, spatial_gate) per CBAM block), ``"embedding"`` ((B, E)) or ``"logits"`` (margin head, (B, K));
-* ``needs_hint``: the student stage maps pass through `HintAdapters` first (the teacher's stay raw);
-* ``same_channels``: teacher and student stage maps must have the same channel counts;
-* ``default_weight``: the weight of the authors' scripts.
+UNWEIGHTED scalar. Each loss class declares its own metadata (`DistillationLoss`: ``name``, ``inputs``,
+``needs_hint``, ``same_channels``, ``default_weight``), which the training system reads; `DISTILL_LOSSES` is
+derived from it.
 """
 
 from __future__ import annotations
@@ -17,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from fskd.losses.base import DistillationLoss
 from fskd.losses.baselines import (
     AttentionSimilarityLoss,
     AttentionTransferLoss,
@@ -28,7 +24,7 @@ from fskd.losses.baselines import (
 from fskd.losses.fskd import FeatureSimilarityLoss, HintedFeatureSimilarityLoss
 
 #: Loss class per distillation method name, derived from each class's ``name``.
-DISTILL_LOSSES: dict[str, type[nn.Module]] = {
+DISTILL_LOSSES: dict[str, type[DistillationLoss]] = {
     loss.name: loss
     for loss in (FeatureSimilarityLoss, HintedFeatureSimilarityLoss, AttentionSimilarityLoss, FitNetLoss,
                  AttentionTransferLoss, RelationalKDLoss, LogitKDLoss)
@@ -59,6 +55,7 @@ __all__ = [
     "DISTILL_NAMES",
     "AttentionSimilarityLoss",
     "AttentionTransferLoss",
+    "DistillationLoss",
     "FeatureSimilarityLoss",
     "FitNetLoss",
     "HintAdapters",

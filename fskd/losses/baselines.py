@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fskd.losses.base import DistillationLoss
 from fskd.losses.fskd import as_tensor_list, flattened_cosine, fp32_context, paired_stages
 
 #: Added to the L2 norm of an attention-transfer map before dividing (authors' value).
@@ -63,7 +64,7 @@ class HintAdapters(nn.Module):
         return tuple(adapter(feature) for adapter, feature in zip(self.adapters, features, strict=True))
 
 
-class AttentionSimilarityLoss(nn.Module):
+class AttentionSimilarityLoss(DistillationLoss):
     """A-SKD as the F-SKD repository's ``A_SKD`` option: cosine distance of CBAM attention gates.
 
     Inputs: per block a pair ``(channel_gate (B, C), spatial_gate (B, 1, H, W))`` for student and teacher
@@ -74,8 +75,6 @@ class AttentionSimilarityLoss(nn.Module):
 
     name: ClassVar[str] = "askd"
     inputs: ClassVar[str] = "attention"
-    needs_hint: ClassVar[bool] = False
-    same_channels: ClassVar[bool] = True
     default_weight: ClassVar[float] = 80.0
 
     def forward(
@@ -113,16 +112,14 @@ def _attention_blocks(blocks: Sequence[tuple[Tensor, Tensor]], role: str) -> lis
     return [(block[0], block[1]) for block in blocks]
 
 
-class FitNetLoss(nn.Module):
+class FitNetLoss(DistillationLoss):
     """FitNet: mean over stages of MSE(adapted student map, teacher map), mean reduction.
 
     The student maps must already have passed ``HintAdapters``; shapes must match pairwise.
     """
 
     name: ClassVar[str] = "fitnet"
-    inputs: ClassVar[str] = "features"
     needs_hint: ClassVar[bool] = True
-    same_channels: ClassVar[bool] = True
     default_weight: ClassVar[float] = 1.5
 
     def forward(self, student_adapted: Sequence[Tensor], teacher_features: Sequence[Tensor]) -> Tensor:
@@ -131,7 +128,7 @@ class FitNetLoss(nn.Module):
             return torch.stack([F.mse_loss(s.float(), t.detach().float()) for s, t in pairs]).mean()
 
 
-class AttentionTransferLoss(nn.Module):
+class AttentionTransferLoss(DistillationLoss):
     """Attention transfer (Zagoruyko & Komodakis): spatial energy maps compared by MSE.
 
     Per stage ``a = sum_c f^2`` flattened per sample to (B, H*W) and divided by (its L2 norm + 1e-6);
@@ -140,8 +137,6 @@ class AttentionTransferLoss(nn.Module):
     """
 
     name: ClassVar[str] = "at"
-    inputs: ClassVar[str] = "features"
-    needs_hint: ClassVar[bool] = False
     same_channels: ClassVar[bool] = False
     default_weight: ClassVar[float] = 1000.0
 
@@ -173,7 +168,7 @@ def _single_or_list(values: Tensor | Sequence[Tensor], role: str) -> list[Tensor
     return [values] if isinstance(values, Tensor) else as_tensor_list(values, role)
 
 
-class RelationalKDLoss(nn.Module):
+class RelationalKDLoss(DistillationLoss):
     """Relational KD (Park et al. 2019) on embeddings (B, E): distance term + angle term.
 
     * distance: pairwise Euclidean distances (zero diagonal) divided by the mean of the non-zero
@@ -188,8 +183,6 @@ class RelationalKDLoss(nn.Module):
 
     name: ClassVar[str] = "rkd"
     inputs: ClassVar[str] = "embedding"
-    needs_hint: ClassVar[bool] = False
-    same_channels: ClassVar[bool] = False
     default_weight: ClassVar[float] = 40.0
 
     def __init__(self, distance_weight: float = 1.0, angle_weight: float = 2.0) -> None:
@@ -258,7 +251,7 @@ def _triplet_cosines(embedding: Tensor) -> Tensor:
     return torch.bmm(differences, differences.transpose(1, 2)).reshape(-1)
 
 
-class LogitKDLoss(nn.Module):
+class LogitKDLoss(DistillationLoss):
     """Hinton KD on logits: ``KL(softmax(z_t / T) || softmax(z_s / T)) * T^2``, batch-mean reduction.
 
     As the later F-SKD code's optional logit distillation (T = 4) on the margin-head logits. A tensor or a
@@ -267,8 +260,6 @@ class LogitKDLoss(nn.Module):
 
     name: ClassVar[str] = "hkd"
     inputs: ClassVar[str] = "logits"
-    needs_hint: ClassVar[bool] = False
-    same_channels: ClassVar[bool] = False
     default_weight: ClassVar[float] = 1.0
 
     def __init__(self, temperature: float = 4.0) -> None:

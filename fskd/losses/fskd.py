@@ -19,7 +19,9 @@ from contextlib import AbstractContextManager
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from fskd.losses.base import DistillationLoss
 
 #: Lower bound of ||a|| * ||b|| in the cosine. It is the value and the formula of PyTorch 1.x
 #: ``F.cosine_similarity`` (the authors' call): ``dot / sqrt(max(|a|^2 * |b|^2, eps^2))``. A zero map
@@ -81,7 +83,7 @@ def flattened_cosine(a: Tensor, b: Tensor, eps: float = COSINE_EPS) -> Tensor:
     return dot / torch.sqrt(torch.clamp(squared_norm_product, min=eps * eps))
 
 
-class FeatureSimilarityLoss(nn.Module):
+class FeatureSimilarityLoss(DistillationLoss):
     """F-SKD loss: mean over stages of mean over batch of (1 - cosine of the flattened stage maps).
 
     Call ``loss(student_features, teacher_features)`` with two lists/tuples of stage outputs (B, C, H, W),
@@ -91,9 +93,6 @@ class FeatureSimilarityLoss(nn.Module):
     """
 
     name: ClassVar[str] = "fskd"
-    inputs: ClassVar[str] = "features"
-    needs_hint: ClassVar[bool] = False
-    same_channels: ClassVar[bool] = True
     default_weight: ClassVar[float] = 20.0
 
     def __init__(self, eps: float = COSINE_EPS) -> None:

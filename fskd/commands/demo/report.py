@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,17 +78,19 @@ def markdown_tables(summary: Sequence[SummaryRow], rows: Sequence[ResultRow], se
              f"Accuracy in %: {spread}. `all` = mean of the three sets. The "
              "teacher's 112 px column is teacher@HR; its other columns are teacher@LR (degraded input, no "
              "adaptation).", ""]
+    def tables(cell: Callable[[str, str, int, str], str]) -> list[str]:
+        """One table per protocol: a row per (model, set), a column per resolution."""
+        text = []
+        for protocol in PROTOCOL_KEYS:
+            text += [f"### {PROTOCOL_LABELS[protocol]}", "", header, rule]
+            text += [f"| {MODEL_LABELS.get(model, model)} | {name} | "
+                     + " | ".join(cell(model, name, resolution, protocol) for resolution in resolutions) + " |"
+                     for model in models for name in set_order]
+            text.append("")
+        return text
+
     by_key = {(s.model, s.set, s.resolution, s.protocol): s for s in summary}
-    for protocol in PROTOCOL_KEYS:
-        lines += [f"### {PROTOCOL_LABELS[protocol]}", "", header, rule]
-        for model in models:
-            for name in set_order:
-                cells = []
-                for resolution in resolutions:
-                    s = by_key.get((model, name, resolution, protocol))
-                    cells.append("–" if s is None else _summary_cell(s))
-                lines.append(f"| {MODEL_LABELS.get(model, model)} | {name} | " + " | ".join(cells) + " |")
-        lines.append("")
+    lines += tables(lambda *key: "–" if key not in by_key else _summary_cell(by_key[key]))
     gains = fskd_gains(rows)
     if gains:
         lines += ["## F-SKD gain at 14 px (F-SKD student − base student, accuracy points)", "",
@@ -99,26 +101,22 @@ def markdown_tables(summary: Sequence[SummaryRow], rows: Sequence[ResultRow], se
             for name in set_order:
                 for g in gains:
                     if g["protocol"] == protocol and g["set"] == name:
-                        per_seed = ", ".join(f"{100 * v:+.1f}" for v in g["gains"])
+                        values = ", ".join(f"{100 * v:+.1f}" for v in g["gains"])
                         mean = f"{100 * g['mean']:+.1f}"
                         if g["seed_std"] is not None:
                             mean += f" ± {100 * g['seed_std']:.1f}"
-                        lines.append(f"| {PROTOCOL_LABELS[protocol]} | {name} | {per_seed} | {mean} | "
+                        lines.append(f"| {PROTOCOL_LABELS[protocol]} | {name} | {values} | {mean} | "
                                      f"{g['positive']}/{len(g['gains'])} |")
         lines.append("")
     per_seed = {(r.seed, r.model, r.set, r.resolution, r.protocol): r for r in rows}
+
+    def seed_cell(seed: int, *key: Any) -> str:
+        row = per_seed.get((seed, *key))
+        return "–" if row is None else f"{_percent(row.accuracy)} ± {_percent(row.fold_std)}"
+
     for seed in seeds if several else ():
         lines += [f"## Seed {seed}", "", "Accuracy in % ± 10-fold std.", ""]
-        for protocol in PROTOCOL_KEYS:
-            lines += [f"### {PROTOCOL_LABELS[protocol]}", "", header, rule]
-            for model in models:
-                for name in set_order:
-                    cells = []
-                    for resolution in resolutions:
-                        r = per_seed.get((seed, model, name, resolution, protocol))
-                        cells.append("–" if r is None else f"{_percent(r.accuracy)} ± {_percent(r.fold_std)}")
-                    lines.append(f"| {MODEL_LABELS.get(model, model)} | {name} | " + " | ".join(cells) + " |")
-            lines.append("")
+        lines += tables(lambda *key, seed=seed: seed_cell(seed, *key))
     return "\n".join(lines)
 
 
