@@ -23,7 +23,7 @@ import numpy as np
 from fskd.data.binfile import save_bin
 from fskd.data.recordio import write_face_records
 from fskd.data.synthetic.config import SynthConfig
-from fskd.data.synthetic.faces import _check_id, render_face_jpeg
+from fskd.data.synthetic.faces import check_id, render_face_jpeg
 
 VERIFICATION_SETS: tuple[str, ...] = ("agedb_30", "lfw", "cfp_fp")
 VERIFICATION_ID_BASE: dict[str, int] = {
@@ -125,7 +125,7 @@ def generate_dataset(out_dir: str | os.PathLike, identities: int, images_per_ide
     elif config.image_size != size:
         raise ValueError(f"size={size} disagrees with config.image_size={config.image_size}; "
                          "pass matching values")
-    _check_id("seed", seed)
+    check_id("seed", seed)
     first_verification_id = min(VERIFICATION_ID_BASE.values())
     if not 1 <= identities < first_verification_id:
         raise ValueError(f"identities must be in 1..{first_verification_id - 1}, got {identities}")

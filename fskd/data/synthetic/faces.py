@@ -107,7 +107,8 @@ class _Nuisance:
     jpeg_quality: int
 
 
-def _check_id(name: str, value: int) -> None:
+def check_id(name: str, value: int) -> None:
+    """Seeds, identities and sample numbers are non-negative integers (they key the random streams)."""
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
 
@@ -127,8 +128,8 @@ def _shade(colour: Sequence[float], factor: float) -> tuple[int, int, int]:
 
 def identity_params(seed: int, identity: int, config: SynthConfig | None = None) -> IdentityParams:
     """The parameters of ``identity``, a pure function of ``(seed, identity, config)``."""
-    _check_id("seed", seed)
-    _check_id("identity", identity)
+    check_id("seed", seed)
+    check_id("identity", identity)
     config = config or SynthConfig()
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(identity)])))
     mid = config.mid_amplitude
@@ -581,9 +582,9 @@ def _draw_face(assets: _IdentityAssets, nuisance: _Nuisance) -> Image.Image:
 
 def _render(seed: int, identity: int, sample: int, config: SynthConfig) -> tuple[np.ndarray, int]:
     """Image and JPEG quality of ``(seed, identity, sample)``."""
-    _check_id("seed", seed)
-    _check_id("identity", identity)
-    _check_id("sample", sample)
+    check_id("seed", seed)
+    check_id("identity", identity)
+    check_id("sample", sample)
     assets = _assets(int(seed), int(identity), config)
     nuisance = _sample_nuisance(seed, identity, sample, config)
     image = _draw_face(assets, nuisance)
