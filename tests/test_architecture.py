@@ -214,3 +214,13 @@ def test_help_of_fskd_and_of_every_tool_answers_without_lightning() -> None:
              "print(loaded); sys.exit(1 if loaded else 0)")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    offenders = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fskd"):
+                offenders += [f"{module}: {alias.name} from {node.module}" for alias in node.names
+                              if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert not offenders, offenders
