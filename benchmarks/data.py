@@ -48,10 +48,10 @@ from benchmarks.common import (  # noqa: E402
     report,
 )
 from benchmarks.degradation import nearest_integer_degrade  # noqa: E402
+from fskd.data.datamodule import FaceDataModule  # noqa: E402
 from fskd.data.images import normalize  # noqa: E402
 from fskd.data.recordio import FaceRecordFile  # noqa: E402
 from fskd.data.synthetic import generate_dataset  # noqa: E402
-from fskd.data.datamodule import FaceDataModule  # noqa: E402
 
 SIZES = {  # identities, images per identity, batch size, timed rounds
     "smoke": (10, 10, 32, 1),

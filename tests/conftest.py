@@ -37,10 +37,10 @@ def tiny_teacher_ckpt(synth_root: Path, tmp_path_factory: pytest.TempPathFactory
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
-        run_cli("fit", "--config", str(CONFIGS / "synthetic/teacher_tiny.yaml"), "--data.root", str(synth_root),
+        run_cli("fit", "--config", str(CONFIGS / "synthetic.yaml"), "--data.root", str(synth_root),
                 "--trainer.max_steps", "6", "--trainer.limit_val_batches", "0", *FAST)
     finally:
         os.chdir(cwd)
-    ckpt = workdir / "runs/synthetic/teacher_tiny/checkpoints/last.ckpt"
+    ckpt = workdir / "runs/synthetic/checkpoints/last.ckpt"
     assert ckpt.is_file()
     return ckpt

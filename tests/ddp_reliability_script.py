@@ -87,7 +87,7 @@ def main(spec_path: str) -> None:
 
     # 1. A 1-process checkpoint continued by 2 processes.
     workdir = out / "resume_1to2"
-    target = workdir / "runs/synthetic/teacher_tiny/checkpoints"
+    target = workdir / "runs/synthetic/checkpoints"
     if _rank() == 0:
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(spec["one_process_ckpt"], target / "last.ckpt")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,9 @@ import torch
 
 from tests.conftest import CONFIGS, REPO
 
-TEACHER_CONFIG = str(CONFIGS / "synthetic/teacher_tiny.yaml")
-STUDENT_CONFIG = str(CONFIGS / "synthetic/student_tiny_fskd_14.yaml")
+TEACHER_CONFIG = str(CONFIGS / "synthetic.yaml")
+#: The F-SKD student at 14 px: overlays stacked on the synthetic recipe (tests always give its teacher_ckpt).
+STUDENT_CONFIG = (TEACHER_CONFIG, str(CONFIGS / "method/fskd.yaml"), str(CONFIGS / "resolution/14.yaml"))
 
 #: A CPU-second-sized run that still exercises everything a resume must restore: 40 images in global
 #: batches of 16 (3 batches per epoch, the last one completed by wrapping around), random resolution and
@@ -41,8 +42,17 @@ def make_tiny_dataset(root: Path) -> Path:
     return root
 
 
-def checkpoint_path(workdir: Path, config: str = TEACHER_CONFIG, name: str = "last.ckpt") -> Path:
-    return workdir / "runs/synthetic" / Path(config).stem / "checkpoints" / name
+def config_args(config: str | Sequence[str]) -> list[str]:
+    """``--config`` arguments for one config file or a stack of them (later ones override earlier ones)."""
+    return [arg for path in ([config] if isinstance(config, str) else config) for arg in ("--config", path)]
+
+
+def checkpoint_path(workdir: Path, config: str | Sequence[str] = TEACHER_CONFIG, name: str = "last.ckpt") -> Path:
+    """Where the run of ``config`` writes its checkpoints: ``runs/<run>/checkpoints``, the run named after the
+    config files (``synthetic``, ``synthetic_fskd_14``)."""
+    from fskd.commands.lightning import run_name
+
+    return workdir / "runs" / run_name([config] if isinstance(config, str) else config) / "checkpoints" / name
 
 
 @contextmanager
@@ -67,12 +77,12 @@ def working_directory(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
-def fit(workdir: Path, *args: str, config: str = TEACHER_CONFIG) -> Any:
+def fit(workdir: Path, *args: str, config: str | Sequence[str] = TEACHER_CONFIG) -> Any:
     """``fskd fit`` in-process, in ``workdir`` (the configs write ``runs/...`` relative to it)."""
     from fskd.commands.lightning import lightning_main
 
     with working_directory(workdir):
-        return lightning_main(["fit", "--config", config, *TINY, *args])
+        return lightning_main(["fit", *config_args(config), *TINY, *args])
 
 
 def subprocess_env() -> dict[str, str]:

@@ -22,9 +22,9 @@ from benchmarks.data import (
     proposed_training_views,
 )
 from benchmarks.degradation import cv2_degrade_batch, nearest_integer_degrade
+from fskd.data.datamodule import FaceDataModule
 from fskd.data.degrade import degrade_fixed
 from fskd.data.recordio import FaceRecordFile
-from fskd.data.datamodule import FaceDataModule
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {  # script -> rows its table must contain

@@ -1,4 +1,5 @@
-"""The command line as a user drives it: configs resolve, fit then validate, metrics named per set and resolution."""
+"""The command line as a user drives it: fit then validate, metrics named per set and resolution (the configs
+themselves: tests/test_configs.py)."""
 
 from __future__ import annotations
 
@@ -9,38 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fskd.cli import lightning_main
+from fskd.commands.lightning import lightning_main
 from tests.conftest import CONFIGS, FAST, REPO, run_cli
-
-ALL_CONFIGS = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml"))
-
-
-def test_experiment_grid_exists() -> None:
-    for resolution in ("14", "28", "56", "multi"):
-        assert f"baseline/casia_ir50_{resolution}.yaml" in ALL_CONFIGS
-        for method in ("fskd", "askd", "fitnet", "at", "rkd"):
-            assert f"student/casia_ir50_{method}_{resolution}.yaml" in ALL_CONFIGS
-    assert "teacher/casia_ir50.yaml" in ALL_CONFIGS and "teacher/casia_ir50_cbam.yaml" in ALL_CONFIGS
-
-
-def test_configs_are_generated_from_the_recipe() -> None:
-    result = subprocess.run([sys.executable, str(CONFIGS / "generate.py"), "--check"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout
-
-
-@pytest.mark.parametrize("config", ALL_CONFIGS)
-def test_print_config_resolves(config: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        lightning_main(["fit", "--config", str(CONFIGS / config), "--print_config"])
-    assert exit_info.value.code in (0, None)
-    printed = capsys.readouterr().out
-    assert "class_path: fskd.systems." in printed and "root:" in printed
 
 
 def test_fit_then_validate_logs_every_set_and_resolution(tiny_teacher_ckpt: Path, synth_root: Path,
                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    cli = lightning_main(["validate", "--config", str(CONFIGS / "synthetic/teacher_tiny.yaml"),
+    cli = lightning_main(["validate", "--config", str(CONFIGS / "synthetic.yaml"),
                           "--data.root", str(synth_root), "--ckpt_path", str(tiny_teacher_ckpt), *FAST])
     metrics = cli.trainer.callback_metrics
     for name in ("agedb_30", "lfw", "cfp_fp"):
@@ -56,10 +33,25 @@ def test_fit_then_validate_logs_every_set_and_resolution(tiny_teacher_ckpt: Path
 
 
 def test_console_script_and_cli_py_are_the_same_entry_point() -> None:
-    for command in ([sys.executable, str(REPO / "cli.py"), "--help"], [sys.executable, "-m", "fskd", "--help"]):
+    from fskd.cli import COMMANDS
+
+    outputs = []
+    for command in ([sys.executable, str(REPO / "cli.py"), "--help"], [sys.executable, "-m", "fskd", "--help"],
+                    [str(Path(sys.executable).parent / "fskd"), "--help"]):
         result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
         assert result.returncode == 0, result.stderr
-        assert "fskd synth" in result.stdout and "{fit,validate,test,predict}" in result.stdout
+        outputs.append(result.stdout)
+    assert outputs[0] == outputs[1] == outputs[2]
+    listed = [line.split()[0] for line in outputs[0].splitlines() if line.startswith("  ") and line.split()
+              and not line.strip().startswith("fskd ")]
+    assert listed == list(COMMANDS)
+
+
+def test_an_unknown_command_is_named(capsys: pytest.CaptureFixture) -> None:
+    from fskd.cli import main
+
+    assert main(["fitt"]) == 2
+    assert "fskd: unknown command 'fitt'" in capsys.readouterr().err
 
 
 def test_tiny_teacher_learns_synthetic_identities(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,7 +62,7 @@ def test_tiny_teacher_learns_synthetic_identities(tmp_path: Path, monkeypatch: p
     root = tmp_path / "synth200"
     generate_dataset(root, identities=200, images_per_identity=8, pairs=200, seed=1)
     monkeypatch.chdir(tmp_path)
-    cli = lightning_main(["fit", "--config", str(CONFIGS / "synthetic/teacher_tiny.yaml"), "--data.root", str(root),
+    cli = lightning_main(["fit", "--config", str(CONFIGS / "synthetic.yaml"), "--data.root", str(root),
                           "--trainer.max_steps", "200", "--trainer.val_check_interval", "200",
                           "--model.milestones", "[140, 180]", "--data.val_resolutions", "[112]", *FAST])
     metrics = cli.trainer.callback_metrics
@@ -82,7 +74,7 @@ def test_fit_without_data_root_fails_clearly(tmp_path: Path, monkeypatch: pytest
     monkeypatch.chdir(tmp_path)
     # jsonargparse wraps errors raised while linking num_classes into a ValueError; the message is kept.
     with pytest.raises((FileNotFoundError, ValueError), match="no training set"):
-        run_cli("fit", "--config", str(CONFIGS / "synthetic/teacher_tiny.yaml"), "--data.root", str(tmp_path), *FAST)
+        run_cli("fit", "--config", str(CONFIGS / "synthetic.yaml"), "--data.root", str(tmp_path), *FAST)
 
 
 def test_predict_writes_embeddings_of_a_rec_file(tiny_teacher_ckpt: Path, synth_root: Path, tmp_path: Path,
@@ -92,13 +84,13 @@ def test_predict_writes_embeddings_of_a_rec_file(tiny_teacher_ckpt: Path, synth_
     from fskd.data.datasets import RecordFaceDataset
     from fskd.data.degrade import degrade_fixed
     from fskd.data.images import normalize
-    from fskd.systems.checkpoint import load_backbone
+    from fskd.models.loading import load_backbone
 
     monkeypatch.chdir(tmp_path)
     output = tmp_path / "embeddings"
-    run_cli("predict", "--config", str(CONFIGS / "synthetic/teacher_tiny.yaml"), "--data.root", str(synth_root),
+    run_cli("predict", "--config", str(CONFIGS / "synthetic.yaml"), "--data.root", str(synth_root),
             "--data.predict_source", str(synth_root / "train.rec"), "--data.predict_resolution", "14",
-            "--ckpt_path", str(tiny_teacher_ckpt), "--trainer.callbacks+=fskd.prediction.EmbeddingWriter",
+            "--ckpt_path", str(tiny_teacher_ckpt), "--trainer.callbacks+=fskd.callbacks.EmbeddingWriter",
             "--trainer.callbacks.output", str(output), *FAST)
     embeddings = np.load(f"{output}.npy")
     names = (tmp_path / "embeddings.txt").read_text().splitlines()

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fskd.data.binfile import load_bin
+from fskd.data.datamodule import FaceDataModule
 from fskd.data.datasets import (
     FolderFaceDataset,
     RecordFaceDataset,
@@ -22,7 +23,6 @@ from fskd.data.errors import DataFormatError
 from fskd.data.folder import prepare, read_pair_list
 from fskd.data.images import normalize
 from fskd.data.recordio import write_face_records
-from fskd.data.datamodule import FaceDataModule
 from tests.conftest import run_cli
 
 

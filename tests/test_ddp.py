@@ -116,7 +116,7 @@ def test_every_phase_ran_on_both_processes_and_none_is_left(runs: dict) -> None:
 
 def test_two_process_checkpoint_holds_the_same_position_and_resumes_in_one_process(runs: dict,
                                                                                   tmp_path: Path) -> None:
-    two = runs["out"] / "train_2/runs/synthetic/teacher_tiny/checkpoints/last.ckpt"
+    two = runs["out"] / "train_2/runs/synthetic/checkpoints/last.ckpt"
     _same_position(_load(two), _load(runs["stopped"]))
     target = checkpoint_path(tmp_path)
     target.parent.mkdir(parents=True)
@@ -170,6 +170,6 @@ def test_sigterm_to_every_process_saves_once_and_all_exit_143(runs: dict) -> Non
     """Lightning 2.6's own handler crashes here (collectives inside the signal handler); fskd's stops every
     process at the same batch boundary."""
     assert {rank: record["status"] for rank, record in runs["results"]["sigterm"].items()} == {0: 143, 1: 143}
-    saved = _load(runs["out"] / "sigterm/runs/synthetic/teacher_tiny/checkpoints/last.ckpt")
+    saved = _load(runs["out"] / "sigterm/runs/synthetic/checkpoints/last.ckpt")
     assert saved["global_step"] == 2 and saved["FaceDataModule"]["position"]["consumed"] == 32
     assert "resume with --ckpt_path last" in runs["log"]

@@ -31,10 +31,11 @@ def _batch(size: int = 4) -> dict[str, torch.Tensor]:
 def test_fit_keeps_teacher_frozen_and_out_of_checkpoints(tiny_teacher_ckpt: Path, synth_root: Path,
                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    config = str(CONFIGS / "synthetic/student_tiny_fskd_14.yaml")
+    config = [arg for name in ("synthetic", "method/fskd", "resolution/14") for arg in
+              ("--config", str(CONFIGS / f"{name}.yaml"))]
     reference = {k[len("backbone."):]: v for k, v in
                  torch.load(tiny_teacher_ckpt, weights_only=True)["state_dict"].items() if k.startswith("backbone.")}
-    cli = lightning_main(["fit", "--config", config, "--data.root", str(synth_root),
+    cli = lightning_main(["fit", *config, "--data.root", str(synth_root),
                           "--model.teacher_ckpt", str(tiny_teacher_ckpt), "--trainer.max_steps", "4",
                           "--trainer.val_check_interval", "4", "--data.val_resolutions", "[14]", *FAST])
     model = cli.model
@@ -50,11 +51,11 @@ def test_fit_keeps_teacher_frozen_and_out_of_checkpoints(tiny_teacher_ckpt: Path
     for key in ("train/ce", "train/distill", "train/loss", "val/agedb_30/14/acc"):
         assert key in metrics
     # Student checkpoints do not carry the teacher again...
-    last = tmp_path / "runs/synthetic/student_tiny_fskd_14/checkpoints/last.ckpt"
+    last = tmp_path / "runs/synthetic_fskd_14/checkpoints/last.ckpt"
     state = torch.load(last, weights_only=True)["state_dict"]
     assert not any(k.startswith("teacher.") for k in state) and any(k.startswith("backbone.") for k in state)
     # ...and a student evaluates without its teacher.
-    cli = lightning_main(["validate", "--config", config, "--data.root", str(synth_root), "--model.teacher_ckpt",
+    cli = lightning_main(["validate", *config, "--data.root", str(synth_root), "--model.teacher_ckpt",
                           "null", "--ckpt_path", str(last), "--data.val_resolutions", "[14]", *FAST])
     assert 0.0 <= float(cli.trainer.callback_metrics["val/agedb_30/14/acc"]) <= 1.0
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fskd.cli import main as cli_main
-from fskd.models.export import choose_exporter, export_onnx, export_torchscript, onnx_opset
 from fskd.models import create_backbone
+from fskd.models.export import choose_exporter, export_onnx, export_torchscript, onnx_opset
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")

@@ -27,6 +27,7 @@ from tests.reliability_support import (
     TINY,
     NaNAtStep,
     checkpoint_path,
+    config_args,
     fit,
     make_tiny_dataset,
     single_thread,
@@ -70,7 +71,7 @@ def test_nonfinite_loss_stops_naming_step_and_terms_with_the_good_weights_saved(
         config, terms = STUDENT_CONFIG, r"ce=nan, distill=nan, loss=nan"
         extra = ["--model.teacher_ckpt", str(_teacher_ckpt(tmp_path / "teacher.ckpt"))]
     with working_directory(tmp_path), single_thread():
-        cli = lightning_main(["--config", config, *TINY, "--data.root", str(tiny_root), *extra,
+        cli = lightning_main([*config_args(config), *TINY, "--data.root", str(tiny_root), *extra,
                               "--trainer.max_steps", "8"], run=False)
         poison = NaNAtStep(step=5)  # poisons the input: the forward pass also feeds NaN into BN statistics
         cli.trainer.callbacks.insert(0, poison)

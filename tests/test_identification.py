@@ -13,11 +13,10 @@ from fskd.cli import main as cli_main
 from fskd.data.degrade import degrade_fixed
 from fskd.data.errors import DataFormatError
 from fskd.data.images import decode_face, normalize
-from fskd.data.synthetic import render_face_jpeg
 from fskd.data.layouts import DISTRACTOR_LABEL, load_tinyface_layout, split_identity_folder
+from fskd.data.synthetic import TINYFACE_ID_BASE, render_face_jpeg, write_tinyface_layout
 from fskd.evaluation.identification import cmc_scores, embed_images, rank_gallery
 from fskd.models import create_backbone
-from fskd.data.synthetic import TINYFACE_ID_BASE, write_tinyface_layout
 
 # ---------------------------------------------------------------------------------------------------------
 # Reference: the full probe x gallery matrix, sorted by (score descending, gallery index ascending)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from fskd.systems.metric import VerificationMetric
 from fskd.evaluation.verification import evaluate_pairs
+from fskd.systems.metric import VerificationMetric
 
 SCRIPT = Path(__file__).with_name("ddp_metric_script.py")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

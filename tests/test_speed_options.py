@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fskd.systems import DistillModule, TeacherModule
 from fskd.models.loading import load_backbone
+from fskd.systems import DistillModule, TeacherModule
 from tests.conftest import CONFIGS, FAST, run_cli
 
 TINY = dict(num_classes=7, backbone="iresnet18", width=0.0625, embedding_size=16)
@@ -99,11 +99,11 @@ def test_cli_fit_with_channels_last_and_fused_sgd_writes_a_normal_checkpoint(syn
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        run_cli("fit", "--config", str(CONFIGS / "synthetic/teacher_tiny.yaml"), "--data.root", str(synth_root),
+        run_cli("fit", "--config", str(CONFIGS / "synthetic.yaml"), "--data.root", str(synth_root),
                 "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--model.channels_last", "true",
                 "--model.fused_optimizer", "true", *FAST)
     finally:
         os.chdir(cwd)
-    checkpoint = tmp_path / "runs/synthetic/teacher_tiny/checkpoints/last.ckpt"
+    checkpoint = tmp_path / "runs/synthetic/checkpoints/last.ckpt"
     backbone = load_backbone(checkpoint)  # plain NCHW model from a channels_last run: same keys and shapes
     assert backbone(torch.zeros(1, 3, 112, 112)).embedding.shape == (1, 128)

@@ -17,6 +17,7 @@ import logging
 import pickle
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,6 +53,40 @@ TRAINER_DEFAULTS = {
 }
 
 
+#: The run name without a ``--config`` file, and the folder that holds the runs. The default loggers
+#: (`TRAINER_DEFAULTS`) write to ``runs/fskd``: `place_run` moves them to the run's folder.
+DEFAULT_RUN = "fskd"
+RUNS_ROOT = "runs"
+
+
+def run_name(config_files: Sequence[Any] | None) -> str:
+    """The default ``--run``: the stems of the ``--config`` files joined by ``_`` (``casia_ir50_fskd_14`` for
+    ``casia_ir50.yaml``, ``method/fskd.yaml``, ``resolution/14.yaml``), `DEFAULT_RUN` without a file."""
+    stems = [Path(str(path)).stem for path in config_files or () if path is not None]  # None: a YAML string
+    return "_".join(stems) or DEFAULT_RUN
+
+
+def place_run(config: Any) -> None:
+    """Name the run (``config.run``, default `run_name`) and put it in ``<root>/<run>/``, root being
+    ``trainer.default_root_dir`` or else ``runs``: the default loggers (those writing to ``runs/fskd...``) to
+    ``<root>/<run>...``, the checkpoints to ``<root>/<run>/checkpoints`` when ``checkpoint.dirpath`` is null.
+    Any other logger and an explicit ``dirpath``, from a config or the command line, stay as they are."""
+    run = config.get("run") or run_name(config.get("config"))
+    config["run"] = run
+    trainer = config.get("trainer")
+    root = str((trainer.get("default_root_dir") if trainer is not None else None) or RUNS_ROOT)
+    loggers = trainer.get("logger") if trainer is not None else None
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = getattr(logger, "init_args", None)
+        name = init_args.get("name") if init_args is not None else None
+        if isinstance(name, str) and init_args.get("save_dir") == RUNS_ROOT and \
+                (name == DEFAULT_RUN or name.startswith(f"{DEFAULT_RUN}/")):
+            init_args["save_dir"], init_args["name"] = root, run + name[len(DEFAULT_RUN):]
+    checkpoint = config.get("checkpoint")
+    if checkpoint is not None and checkpoint.get("dirpath") is None:
+        checkpoint["dirpath"] = str(Path(root) / run / "checkpoints")
+
+
 class FskdCLI(LightningCLI):
     """``fit``/``validate``/``test``/``predict`` with YAML configs, `FaceDataModule` and any system subclass."""
 
@@ -78,6 +113,10 @@ class FskdCLI(LightningCLI):
                              **{f"trainer.{k}": v for k, v in TRAINER_DEFAULTS.items()}})
         parser.add_argument("--matmul_precision", default="highest", choices=["highest", "high", "medium"],
                             help="torch.set_float32_matmul_precision (TF32 on Ampere+ with 'high')")
+        parser.add_argument("--run", type=str | None, default=None,
+                            help="run name: logs in runs/RUN/, checkpoints in runs/RUN/checkpoints (under "
+                                 "trainer.default_root_dir instead of runs/ when set); default: the --config "
+                                 "file names without .yaml joined by '_', e.g. casia_ir50_fskd_14")
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads a ``--ckpt_path`` file itself (weights-only) to take the model's hyper-parameters
@@ -110,6 +149,7 @@ class FskdCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         torch.set_float32_matmul_precision(config.get("matmul_precision", "highest"))
+        place_run(config)
         trainer = config.get("trainer")
         if trainer is not None and trainer.get("callbacks"):
             # `--trainer.enable_progress_bar false` / `--trainer.logger false` should just work, not clash with the
