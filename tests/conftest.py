@@ -24,6 +24,17 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 identities x 4 images, 20 pairs per verification set (reliability, DDP and fault tests). Tests
+    that change files work on a copy (``data_copy`` in test_faults)."""
+    from fskd.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    generate_dataset(root, identities=10, images_per_identity=4, pairs=20, seed=0)
+    return root
+
+
 def run_cli(*args: str) -> None:
     from fskd.cli import main
 

@@ -75,6 +75,7 @@ def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int,
     return runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_script_smoke_prints_one_table_and_json(script: str, smoke_runs: dict) -> None:
     code, stdout, stderr, json_path = smoke_runs[script]
@@ -91,6 +92,7 @@ def test_script_smoke_prints_one_table_and_json(script: str, smoke_runs: dict) -
     assert payload["machine"]["nproc"] >= 1 and payload["results"]
 
 
+@pytest.mark.slow
 def test_smoke_json_values_are_consistent(smoke_runs: dict) -> None:
     """Reference rows are their own reference (ratio exactly 1); the recipe estimate is 47,000 steps."""
     degradation = json.loads(smoke_runs["degradation"][3].read_text())["results"]

@@ -14,6 +14,7 @@ from fskd.commands.lightning import lightning_main
 from tests.conftest import CONFIGS, FAST, REPO, run_cli
 
 
+@pytest.mark.slow
 def test_fit_then_validate_logs_every_set_and_resolution(tiny_teacher_ckpt: Path, synth_root: Path,
                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -54,6 +55,7 @@ def test_an_unknown_command_is_named(capsys: pytest.CaptureFixture) -> None:
     assert "fskd: unknown command 'fitt'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tiny_teacher_learns_synthetic_identities(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A quarter-width iResNet-18 trained for ~1.5 CPU minutes verifies unseen synthetic identities well above
     chance at HR (the generator carries identity, the pipeline learns it end to end)."""

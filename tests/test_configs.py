@@ -291,6 +291,7 @@ def _documented_fits(document: Path) -> list[list[str]]:
             if line.startswith(".venv/bin/fskd fit ")]
 
 
+@pytest.mark.slow
 def test_the_readme_lists_every_experiment() -> None:
     """Each documented ``fskd fit`` parses; README.md has one for every experiment of the paper grid and the
     synthetic runs (fskd_hint and hkd are only mentioned)."""

@@ -1,7 +1,7 @@
 """DDP on CPU (2 gloo processes through Lightning's ``ddp`` strategy): checkpoints that do not depend on the
 number of processes, identical verification metrics, uneven validation and NaN handling without deadlock.
 
-All DDP work runs in one subprocess script (tests/ddp_reliability_script.py) with a timeout, in its own
+All DDP work runs in one subprocess script (tests/helpers/ddp_reliability_script.py) with a timeout, in its own
 process group, so that a hang fails the test and no process outlives it."""
 
 from __future__ import annotations
@@ -19,28 +19,30 @@ import torch
 
 from fskd.commands.lightning import lightning_main
 from tests.conftest import REPO
-from tests.reliability_support import (
+from tests.helpers.reliability import (
     TEACHER_CONFIG,
     TINY,
     checkpoint_path,
     fit,
-    make_tiny_dataset,
     recorded_steps,
     single_thread,
     subprocess_env,
     working_directory,
 )
 
+#: End-to-end runs of whole commands; `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 STOP, TOTAL_STEPS = 4, 8
-RECORD = ["--trainer.callbacks+=tests.reliability_support.RecordBatches"]
+RECORD = ["--trainer.callbacks+=tests.helpers.reliability.RecordBatches"]
 EVALUATION = ["--data.val_resolutions", "[112, 14]", "--data.val_batch_size", "20"]
 SCRIPT_TIMEOUT = 420
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def runs(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """1-process reference runs, then every 2-process phase of the script."""
-    root = make_tiny_dataset(tmp_path_factory.mktemp("tiny"))
+    root = tiny_root
     work = tmp_path_factory.mktemp("ddp")
     with single_thread():
         reference = fit(work / "reference", "--data.root", str(root), "--trainer.max_steps", str(TOTAL_STEPS),
@@ -51,7 +53,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     spec = {"root": str(root), "out": str(out), "one_process_ckpt": str(checkpoint_path(work / "stopped")),
             "stop": STOP, "steps": TOTAL_STEPS}
     (work / "spec.json").write_text(json.dumps(spec))
-    command = [sys.executable, str(REPO / "tests/ddp_reliability_script.py"), str(work / "spec.json")]
+    command = [sys.executable, str(REPO / "tests/helpers/ddp_reliability_script.py"), str(work / "spec.json")]
     log = work / "ddp.log"
     with open(log, "w") as stream:
         process = subprocess.Popen(command, cwd=work, env=subprocess_env(), stdout=stream,

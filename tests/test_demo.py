@@ -53,6 +53,7 @@ def table(run: Path) -> list[dict[str, str]]:
 # --- the smoke run ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs the smoke demo (the module's `run` fixture)
 def test_every_output_file_exists(run: Path) -> None:
     expected = ["results.md", "results.csv", "results.json", "accuracy_vs_resolution.png", "samples.png",
                 *[f"roc_{name}_{res}.png" for name in SETS for res in SMOKE_RESOLUTIONS],
@@ -65,6 +66,7 @@ def test_every_output_file_exists(run: Path) -> None:
         f"roc_{name}_{res}.png" for name in SETS for res in SMOKE_RESOLUTIONS)
 
 
+@pytest.mark.slow  # runs the smoke demo (the module's `run` fixture)
 def test_pictures_are_valid_pngs(run: Path) -> None:
     for path in run.glob("*.png"):
         assert path.read_bytes()[:8] == PNG_SIGNATURE, path.name
@@ -77,6 +79,7 @@ def test_pictures_are_valid_pngs(run: Path) -> None:
             assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50, path.name
 
 
+@pytest.mark.slow  # runs the smoke demo (the module's `run` fixture)
 def test_csv_covers_every_model_set_resolution_protocol_with_fractions(table: list[dict[str, str]]) -> None:
     seed_rows = [r for r in table if r["seed"] == "0"]
     mean_rows = [r for r in table if r["seed"] == "mean"]
@@ -95,6 +98,7 @@ def test_csv_covers_every_model_set_resolution_protocol_with_fractions(table: li
         assert row["seed_std"] == "" and row["n_seeds"] == "1"  # one seed: no spread to report
 
 
+@pytest.mark.slow  # runs the smoke demo (the module's `run` fixture)
 def test_csv_set_means_and_seed_means_recompute(table: list[dict[str, str]]) -> None:
     value = {(r["seed"], r["model"], r["set"], r["resolution"], r["protocol"]): float(r["accuracy"])
              for r in table}
@@ -106,6 +110,7 @@ def test_csv_set_means_and_seed_means_recompute(table: list[dict[str, str]]) -> 
             assert accuracy == value[("0", model, name, res, protocol)]
 
 
+@pytest.mark.slow  # runs the smoke demo (the module's `run` fixture)
 def test_csv_matches_the_pair_scores_behind_the_roc_curves(run: Path, table: list[dict[str, str]]) -> None:
     """The insightface accuracy recomputed from the saved ROC scores (cosine of image+flip sums, so squared
     distance = 2 - 2 cos) equals the validate run's logged value: same models, same degradation."""
@@ -126,6 +131,7 @@ def test_csv_matches_the_pair_scores_behind_the_roc_curves(run: Path, table: lis
     assert recheck == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.slow  # runs the smoke demo (the module's `run` fixture)
 def test_markdown_tables_show_every_model_and_resolution(run: Path, table: list[dict[str, str]]) -> None:
     text = (run / "results.md").read_text()
     assert "| model | set | 112 px (HR) | 14 px |" in text
@@ -137,6 +143,7 @@ def test_markdown_tables_show_every_model_and_resolution(run: Path, table: list[
     assert "± 0.0" not in text and "## Mean over seeds" not in text  # one seed: no spread is printed
 
 
+@pytest.mark.slow  # runs the smoke demo (the module's `run` fixture)
 def test_student_is_distilled_from_this_seeds_teacher_through_the_cli(run: Path) -> None:
     result = json.loads((run / "results.json").read_text())
     commands = result["lightning_commands"]
@@ -152,6 +159,7 @@ def test_student_is_distilled_from_this_seeds_teacher_through_the_cli(run: Path)
     assert result["stages"][-1]["stage"] == "tables and pictures"
 
 
+@pytest.mark.slow  # runs the smoke demo (the module's `run` fixture)
 def test_resume_reuses_data_fits_and_evaluations(run: Path, table: list[dict[str, str]]) -> None:
     """Last of the smoke-run tests: it rewrites the run's tables from the saved evaluations."""
     before = (run / "results.csv").read_text()
@@ -228,6 +236,7 @@ def test_bad_settings_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # runs the smoke demo (the module's `run` fixture)
 def test_a_second_run_into_the_same_folder_never_reports_the_first_runs_models(
         run: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without --resume an earlier run's checkpoints are refused before anything runs (Lightning would write

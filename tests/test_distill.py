@@ -28,6 +28,7 @@ def _batch(size: int = 4) -> dict[str, torch.Tensor]:
     return {"hr": hr, "lr": hr.flip(-1), "label": torch.arange(size) % 7}
 
 
+@pytest.mark.slow
 def test_fit_keeps_teacher_frozen_and_out_of_checkpoints(tiny_teacher_ckpt: Path, synth_root: Path,
                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

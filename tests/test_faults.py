@@ -21,7 +21,7 @@ from fskd.commands.lightning import lightning_main
 from fskd.data.errors import DataFormatError
 from fskd.data.recordio import FaceRecordFile, IndexedRecordWriter, IRHeader, pack
 from fskd.systems import TeacherModule
-from tests.reliability_support import (
+from tests.helpers.reliability import (
     STUDENT_CONFIG,
     TEACHER_CONFIG,
     TINY,
@@ -29,15 +29,9 @@ from tests.reliability_support import (
     checkpoint_path,
     config_args,
     fit,
-    make_tiny_dataset,
     single_thread,
     working_directory,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_dataset(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture

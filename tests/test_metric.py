@@ -16,7 +16,7 @@ import torch
 from fskd.evaluation.verification import evaluate_pairs
 from fskd.systems.metric import VerificationMetric
 
-SCRIPT = Path(__file__).with_name("ddp_metric_script.py")
+SCRIPT = Path(__file__).parent / "helpers" / "ddp_metric_script.py"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -130,6 +130,7 @@ def _load_script_module():
     return module
 
 
+@pytest.mark.slow
 def test_two_process_gloo_gives_identical_values_on_both_ranks(tmp_path):
     script = _load_script_module()
     completed = subprocess.run(

@@ -1,7 +1,7 @@
 """Cross-checks of fskd.data.recordio / binfile against mxnet 1.9.1 itself (optional oracle).
 
 mxnet needs numpy<1.24, so it lives in its own venv (``.ci/mxnet-venv.sh``) and runs only in a
-subprocess (tests/mxnet_oracle_script.py). The interpreter comes from ``FSKD_MXNET_PYTHON`` or
+subprocess (tests/helpers/mxnet_oracle_script.py). The interpreter comes from ``FSKD_MXNET_PYTHON`` or
 ``<repo>/.venv-mxnet/bin/python``; without either the tests are skipped.
 """
 
@@ -31,7 +31,7 @@ from fskd.data.recordio import (
 pytestmark = pytest.mark.mxnet
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = Path(__file__).with_name("mxnet_oracle_script.py")
+SCRIPT = Path(__file__).parent / "helpers" / "mxnet_oracle_script.py"
 MAGIC = bytes.fromhex("0a23d7ce")
 
 

@@ -203,6 +203,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_writer_gathers_all_ranks_under_ddp(tmp_path):
     """Two CPU processes (gloo): 5 images, so the DistributedSampler pads rank 1 with a repeat of image 0."""
     make_folder(tmp_path / "faces")

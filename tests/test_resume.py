@@ -18,13 +18,12 @@ import torch
 from fskd.data.datamodule import FaceDataModule
 from fskd.data.sampler import ResumableSampler
 from tests.conftest import REPO
-from tests.reliability_support import (
+from tests.helpers.reliability import (
     STUDENT_CONFIG,
     TEACHER_CONFIG,
     TINY,
     checkpoint_path,
     fit,
-    make_tiny_dataset,
     recorded_steps,
     single_thread,
     subprocess_env,
@@ -32,12 +31,7 @@ from tests.reliability_support import (
 )
 
 TOTAL_STEPS = 8
-RECORD = ["--trainer.callbacks+=tests.reliability_support.RecordBatches"]
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_dataset(tmp_path_factory.mktemp("tiny"))
+RECORD = ["--trainer.callbacks+=tests.helpers.reliability.RecordBatches"]
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +146,7 @@ def test_max_steps_then_resume_equals_uninterrupted(system: str, stop: int, unin
         assert not any(k.startswith("teacher.") for k in resumed["state_dict"])  # reloaded from teacher_ckpt
 
 
+@pytest.mark.slow
 def test_sigterm_from_outside_saves_exits_and_resumes_exactly(uninterrupted: dict, tiny_root: Path,
                                                               tmp_path: Path) -> None:
     reference, reference_steps, _ = uninterrupted["teacher"]
@@ -159,9 +154,9 @@ def test_sigterm_from_outside_saves_exits_and_resumes_exactly(uninterrupted: dic
     marker, log = tmp_path / "paused", tmp_path / "steps.jsonl"
     command = [sys.executable, str(REPO / "cli.py"), "fit", "--config", TEACHER_CONFIG, *TINY,
                "--data.root", str(tiny_root), "--trainer.max_steps", str(TOTAL_STEPS),
-               "--trainer.callbacks+=tests.reliability_support.RecordBatches",
+               "--trainer.callbacks+=tests.helpers.reliability.RecordBatches",
                "--trainer.callbacks.path", str(log),
-               "--trainer.callbacks+=tests.reliability_support.PauseAtStep",
+               "--trainer.callbacks+=tests.helpers.reliability.PauseAtStep",
                "--trainer.callbacks.step", str(stop), "--trainer.callbacks.marker", str(marker)]
     process = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)

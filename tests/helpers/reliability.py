@@ -34,14 +34,6 @@ TINY = ["--data.num_workers", "0", "--trainer.enable_progress_bar", "false", "--
         "multi", "--data.train_interpolation", "random", "--model.milestones", "[5]"]
 
 
-def make_tiny_dataset(root: Path) -> Path:
-    """10 identities x 4 images, 20 pairs per verification set."""
-    from fskd.data.synthetic import generate_dataset
-
-    generate_dataset(root, identities=10, images_per_identity=4, pairs=20, seed=0)
-    return root
-
-
 def config_args(config: str | Sequence[str]) -> list[str]:
     """``--config`` arguments for one config file or a stack of them (later ones override earlier ones)."""
     return [arg for path in ([config] if isinstance(config, str) else config) for arg in ("--config", path)]

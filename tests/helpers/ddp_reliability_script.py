@@ -1,6 +1,6 @@
 """Two-process CPU DDP (gloo) runs of the real CLI for tests/test_ddp.py; each phase writes one JSON per rank.
 
-Usage: ``python tests/ddp_reliability_script.py SPEC.json``, where the spec names ``root`` (tiny dataset),
+Usage: ``python tests/helpers/ddp_reliability_script.py SPEC.json``, where the spec names ``root`` (tiny dataset),
 ``out`` (a folder), ``one_process_ckpt`` (a 1-process checkpoint after ``stop`` steps), ``steps`` (the total).
 Lightning's ``ddp`` strategy re-runs this script for rank 1, so both processes go through the same phases, in
 the same order, in one process group:
@@ -28,15 +28,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from fskd.commands.lightning import lightning_main  # noqa: E402
 from fskd.data.datamodule import FaceDataModule  # noqa: E402
-from tests.reliability_support import TEACHER_CONFIG, TINY  # noqa: E402
+from tests.helpers.reliability import TEACHER_CONFIG, TINY  # noqa: E402
 
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
-RECORD = "--trainer.callbacks+=tests.reliability_support.RecordBatches"
+RECORD = "--trainer.callbacks+=tests.helpers.reliability.RecordBatches"
 
 
 def _rank() -> int:
@@ -115,7 +115,7 @@ def main(spec_path: str) -> None:
     # 5. NaN on rank 1 only.
     try:
         _run(out / "nan_rank1", "fit", *common, "--trainer.max_steps", steps,
-             "--trainer.callbacks+=tests.reliability_support.NaNAtStep", "--trainer.callbacks.step", "2",
+             "--trainer.callbacks+=tests.helpers.reliability.NaNAtStep", "--trainer.callbacks.step", "2",
              "--trainer.callbacks.rank", "1")
         error = ""
     except FloatingPointError as caught:
@@ -127,7 +127,7 @@ def main(spec_path: str) -> None:
     # 6. SIGTERM to every process.
     try:
         _run(out / "sigterm", "fit", *common, "--trainer.max_steps", steps,
-             "--trainer.callbacks+=tests.reliability_support.PauseAtStep", "--trainer.callbacks.step", "2",
+             "--trainer.callbacks+=tests.helpers.reliability.PauseAtStep", "--trainer.callbacks.step", "2",
              "--trainer.callbacks.marker", str(out / "paused"))
         status = 0
     except SystemExit as stopped:

@@ -1,6 +1,6 @@
 """Run VerificationMetric under torch.distributed (gloo, CPU, 2 processes) and write each rank's result.
 
-Usage: ``python tests/ddp_metric_script.py OUTPUT_DIR``. Writes ``OUTPUT_DIR/rank{r}.json`` with the computed
+Usage: ``python tests/helpers/ddp_metric_script.py OUTPUT_DIR``. Writes ``OUTPUT_DIR/rank{r}.json`` with the computed
 values (floats) and whether a rank-local compute (no sync) failed, as it must because each rank saw only half
 of the images. The data are sharded over pairs exactly like ``DistributedSampler(shuffle=False)``; the number
 of pairs is odd, so the sampler pads rank 1 with a repeat of pair 0.
