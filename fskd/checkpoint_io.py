@@ -13,17 +13,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from fskd.models.loading import safe_torch_load
+from fskd.models.loading import atomic_torch_save, safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -34,33 +32,6 @@ def _is_local(path: str | os.PathLike) -> bool:
 
 def _local(path: str | os.PathLike) -> Path:
     return Path(str(path).removeprefix("file://"))
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the target's folder, fsync, then rename it over ``path``."""
-    target = _local(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    try:
-        with open(partial, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(partial, target)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        if isinstance(error, (OSError, RuntimeError)):
-            raise OSError(f"{target}: could not write the checkpoint ({error}); the previous file, if any, "
-                          "is unchanged") from error
-        raise
-    # Make the rename itself durable (best effort: not every filesystem can fsync a directory).
-    with contextlib.suppress(OSError):
-        directory = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -43,6 +43,8 @@ COMMANDS: dict[str, Command] = {
                         "--ckpt CKPT --root DIR [--layout tinyface|folder] [--resolution R]"),
     "export": Command("fskd.commands.export", "a backbone to ONNX / TorchScript, parity-checked",
                       "--ckpt CKPT --onnx OUT.onnx [--torchscript OUT.pt]"),
+    "import-teacher": Command("fskd.commands.import_teacher", "a pretrained recogniser as an fskd checkpoint",
+                              "SOURCE --format arcface_torch|authors|mxnet --out FILE.ckpt"),
     "demo": Command("fskd.commands.demo", "synthetic faces -> teacher, base and F-SKD students -> tables",
                     "[--out DIR] [--preset quick|full|smoke] [--seeds 0 1 2]"),
 }

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import fskd.checkpoint_io
+import fskd.models.loading
 from fskd.checkpoint_io import SafeCheckpointIO
 from fskd.commands.lightning import lightning_main
 from fskd.data.errors import DataFormatError
@@ -149,7 +149,7 @@ def test_checkpoint_write_failing_midway_leaves_the_previous_file(tmp_path: Path
         stream.truncate()
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(fskd.checkpoint_io.torch, "save", half_then_enospc)
+    monkeypatch.setattr(fskd.models.loading.torch, "save", half_then_enospc)
     expected = r"last\.ckpt: could not write the checkpoint .*No space left.*the previous file.* is unchanged"
     with pytest.raises(OSError, match=expected):
         io.save_checkpoint({"global_step": 2, "weights": torch.zeros(1000)}, target)

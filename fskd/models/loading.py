@@ -6,6 +6,7 @@ export and any user script can use a trained model without the training stack.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from pathlib import Path
@@ -18,6 +19,33 @@ from fskd.models.iresnet import IResNet, create_backbone
 
 #: Hyper-parameters that define a backbone's architecture (as saved by `FaceRecognitionModule`).
 ARCHITECTURE_KEYS = ("backbone", "mode", "neck", "width", "embedding_size", "dropout")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the target's folder, fsync, then rename it over ``path``."""
+    target = Path(str(path).removeprefix("file://"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        with open(partial, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(partial, target)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        if isinstance(error, (OSError, RuntimeError)):
+            raise OSError(f"{target}: could not write the checkpoint ({error}); the previous file, if any, "
+                          "is unchanged") from error
+        raise
+    # Make the rename itself durable (best effort: not every filesystem can fsync a directory).
+    with contextlib.suppress(OSError):
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 def load_error(path: str | os.PathLike, error: BaseException) -> ValueError:
@@ -99,3 +127,36 @@ def load_head(path: str | os.PathLike) -> ClassificationHead:
                        **(hparams.get("head_kwargs") or {}))
     _load_into(head, _sub_state(checkpoint, "head."), path, "head")
     return head.eval()
+
+
+IMPORT_KEY = "fskd_import"
+"""Checkpoint key of an imported network: where it came from and how its input convention was folded in."""
+
+
+def imported_checkpoint(backbone: torch.nn.Module, architecture: dict[str, Any], source: dict[str, Any],
+                        head: torch.nn.Module | None = None, head_hparams: dict[str, Any] | None = None,
+                        ) -> dict[str, Any]:
+    """A checkpoint of a network imported from another framework, in the layout of a `TeacherModule` one.
+
+    ``architecture`` holds `ARCHITECTURE_KEYS` (what `load_backbone` rebuilds); ``source`` records the original
+    file, format and the input convention folded into the weights (stored under `IMPORT_KEY`). ``head`` (with
+    ``head_hparams``: ``head``, ``num_classes``, ``head_kwargs``) is optional: without it, ``validate`` and
+    ``predict`` give the system a fresh head, which only training would use. ``--model.teacher_ckpt``,
+    ``--model.init_from_teacher``, ``fskd validate|predict --ckpt_path``, ``identify`` and ``export`` accept it.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    missing = [k for k in ARCHITECTURE_KEYS if k not in architecture]
+    if missing:
+        raise ValueError(f"imported architecture lacks {missing}")
+    state = {f"backbone.{k}": v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
+    hparams: dict[str, Any] = {"_class_path": "fskd.systems.TeacherModule", **architecture}
+    if head is not None:
+        state.update({f"head.{k}": v.detach().cpu().clone() for k, v in head.state_dict().items()})
+        hparams.update(head_hparams or {})
+    try:
+        lightning_version = version("lightning")
+    except PackageNotFoundError:  # a plain PyTorch install; Lightning only reads this key
+        lightning_version = "2.4.0"
+    return {"state_dict": state, "hyper_parameters": hparams, IMPORT_KEY: dict(source),
+            "epoch": 0, "global_step": 0, "pytorch-lightning_version": lightning_version}

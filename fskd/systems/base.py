@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fskd.models import create_backbone, create_head
+from fskd.models.loading import IMPORT_KEY
 from fskd.systems.metric import VerificationMetric
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,21 @@ class FaceRecognitionModule(L.LightningModule):
             "with the next batch. Lower the learning rate or use --trainer.precision 32-true / bf16-mixed.")
 
     # -- optimisation ------------------------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """An imported network (``fskd import-teacher``) may come without a margin head, or with one for other
+        classes: evaluation and prediction never use the head, so this module's own is kept."""
+        if IMPORT_KEY not in checkpoint:
+            return
+        state = checkpoint["state_dict"]
+        stored = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+        own = self.head.state_dict()
+        if stored.keys() != own.keys() or any(stored[k].shape != v.shape for k, v in own.items()):
+            log.info("imported checkpoint (%s): its margin head is not this model's; a new head is used",
+                     checkpoint[IMPORT_KEY].get("format", "?"))
+            for key in stored:
+                del state[f"head.{key}"]
+            state.update({f"head.{k}": v for k, v in own.items()})
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]

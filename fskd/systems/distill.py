@@ -128,6 +128,7 @@ class DistillModule(FaceRecognitionModule):
                 del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint["state_dict"]
         for name in ("teacher", "teacher_head"):
             module = getattr(self, name)
