@@ -7,9 +7,12 @@ import pickle
 import pickletools
 import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torchvision.io import decode_jpeg
 
 from fskd.data.binfile import load_bin, save_bin
 from fskd.data.errors import DataFormatError
@@ -166,3 +169,102 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         save_bin(path, IMAGES[:2], [False], style="py3")
     assert os.listdir(tmp_path) == ["x.bin"] and load_bin(path)[1].tolist() == ISSAME
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Images stored as numpy uint8 arrays (insightface's arcface_paddle files, cv2.imencode output)
+# ---------------------------------------------------------------------------------------------------------
+
+REAL_FACES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real-faces"
+SMALL_LFW = REAL_FACES / "insightface_small_lfw.bin"
+
+
+@pytest.mark.skipif(not SMALL_LFW.is_file(), reason=f"real insightface file absent: {SMALL_LFW}")
+def test_real_insightface_file_with_numpy_images_loads():
+    images, issame = load_bin(SMALL_LFW)
+    assert len(images) == 20 and all(type(image) is bytes for image in images)
+    assert issame.dtype == np.bool_ and issame.shape == (10,) and issame.all()
+    for image in images:
+        assert image[:3] == b"\xff\xd8\xff" and image.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+        decoded = decode_jpeg(torch.frombuffer(bytearray(image), dtype=torch.uint8))
+        assert decoded.dtype == torch.uint8 and decoded.shape[0] == 3
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+@pytest.mark.parametrize("shape", ["flat", "column"])
+def test_numpy_uint8_images_round_trip(tmp_path, protocol, shape):
+    # (N,) arrays, and (N, 1) ones as cv2.imencode returns them (the real small_lfw.bin holds those).
+    arrays = [np.frombuffer(image, dtype=np.uint8) for image in IMAGES]
+    if shape == "column":
+        arrays = [array.reshape(-1, 1) for array in arrays]
+    path = tmp_path / "numpy.bin"
+    path.write_bytes(pickle.dumps((arrays, ISSAME), protocol=protocol))
+    images, issame = load_bin(path)
+    assert images == IMAGES and all(type(image) is bytes for image in images)
+    assert issame.tolist() == ISSAME
+    # Mixed bytes and arrays in one list load too.
+    path.write_bytes(pickle.dumps((IMAGES[:3] + arrays[3:], ISSAME), protocol=protocol))
+    assert load_bin(path)[0] == IMAGES
+
+
+def test_save_bin_writes_numpy_images_as_bytes(tmp_path):
+    path = tmp_path / "x.bin"
+    save_bin(path, [np.frombuffer(image, dtype=np.uint8) for image in IMAGES], ISSAME)
+    assert "GLOBAL" not in opcodes(path.read_bytes())  # no numpy reconstructor in the stream
+    assert load_bin(path)[0] == IMAGES
+
+
+def _array(image: bytes = IMAGES[1]) -> np.ndarray:
+    return np.frombuffer(image, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (_array().astype(object), "image 1 is a numpy object array"),
+        (np.array([IMAGES[1]], dtype=object), "image 1 is a numpy object array"),
+        (_array().astype(np.float32), "image 1 is a numpy float32 array, not a uint8 array"),
+        (_array().astype(np.int8), "image 1 is a numpy int8 array"),
+        (np.zeros((112, 112), dtype=np.uint8), r"image 1 is a 2-D numpy uint8 array of shape \(112, 112\)"),
+        (_array().reshape(1, -1), r"image 1 is a 2-D numpy uint8 array of shape \(1, 194\)"),
+        (np.zeros((4, 4, 3), dtype=np.uint8), "image 1 is a 3-D numpy uint8 array"),
+        (np.array(7, dtype=np.uint8), "image 1 is a 0-D numpy uint8 array"),
+        (np.uint8(7), "image 1 is a numpy uint8 scalar"),
+        (np.ndarray, r"image 1 is a callable \(ndarray\)"),
+        (np.dtype, r"image 1 is a callable \(dtype\)"),
+    ],
+)
+def test_numpy_images_other_than_uint8_bytes_are_refused(tmp_path, protocol, bad, message):
+    path = tmp_path / "bad.bin"
+    path.write_bytes(pickle.dumps((IMAGES[:1] + [bad] + IMAGES[2:], ISSAME), protocol=protocol))
+    with pytest.raises(DataFormatError, match=re.escape(str(path)) + ": " + message):
+        load_bin(path)
+
+
+class _RebuiltBy:
+    """Pickles as ``callable(*args)``: a numpy array whose stream names another function than _reconstruct."""
+
+    def __init__(self, function, *args) -> None:
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return (self.function, self.args)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize(
+    ("bad", "refused"),
+    [
+        (_RebuiltBy(np.frombuffer, IMAGES[1], "uint8"), r"numpy\.frombuffer"),
+        (_RebuiltBy(np.fromfile, "/etc/hostname", "uint8"), r"numpy\.fromfile"),
+        (_RebuiltBy(np.load, "/nonexistent.npy", None, True), r"numpy\.load"),
+        (_array().view(np.ma.MaskedArray), r"numpy\.ma\.core\._mareconstruct"),
+        (_array().view(np.recarray), r"numpy\.(_core\.)?(rec|records)\.recarray"),
+    ],
+)
+def test_numpy_arrays_rebuilt_by_other_callables_are_refused(tmp_path, protocol, bad, refused):
+    path = tmp_path / "rebuild.bin"
+    path.write_bytes(pickle.dumps((IMAGES[:1] + [bad] + IMAGES[2:], ISSAME), protocol=protocol))
+    with pytest.raises(DataFormatError, match=re.escape(str(path)) + ": refused global " + refused):
+        load_bin(path)

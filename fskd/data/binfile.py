@@ -2,7 +2,9 @@
 
 A ``.bin`` is a pickle of ``(bins, issame)``: ``2P`` encoded images, pair ``i`` being
 ``(bins[2i], bins[2i+1])``, and ``P`` booleans (docs/formats.md, section 3.5). The public files were
-written by Python 2, whose ``str`` opcodes need ``encoding='bytes'`` under Python 3.
+written by Python 2, whose ``str`` opcodes need ``encoding='bytes'`` under Python 3; some later insightface
+files (``arcface_paddle``'s ``small_lfw.bin``) hold each image as a numpy uint8 array of the encoded bytes, of
+shape (N, 1) as ``cv2.imencode`` returns it (a 1-D (N,) array is accepted too).
 
 Pickle runs code named by the file, so :func:`load_bin` uses an unpickler that admits only the few
 globals these files legitimately contain (``_codecs.encode`` and numpy's array reconstructors) and
@@ -83,7 +85,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         resolve = _ALLOWED_GLOBALS.get((module, name))
         if resolve is None:
             raise DataFormatError(
-                self._path, f"refused global {module}.{name}: a .bin file only holds images and booleans"
+                self._path,
+                f"refused global {module}.{name}: a .bin file only holds images (bytes or uint8 numpy "
+                "arrays) and booleans",
             )
         return resolve()
 
@@ -113,12 +117,45 @@ def _as_issame(raw: Any, path: str) -> np.ndarray:
     return values.astype(bool)
 
 
+def _image_bytes(image: Any, path: str, position: int) -> bytes:
+    """One image payload as bytes: Python bytes, or a uint8 numpy array of the encoded bytes of shape (N,) or
+    (N, 1) (cv2.imencode's); nothing else."""
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    # Exactly ndarray: the unpickler can only build plain arrays, and a subclass could redefine tobytes().
+    if type(image) is np.ndarray:
+        if image.dtype == np.object_:
+            # Its items could be anything the stream built; an image is raw bytes, never a container.
+            raise DataFormatError(path, f"image {position} is a numpy object array, not a uint8 array of "
+                                  "encoded bytes")
+        if image.dtype != np.uint8:
+            raise DataFormatError(path, f"image {position} is a numpy {image.dtype} array, not a uint8 array "
+                                  "of encoded bytes")
+        # (N, 1) is what cv2.imencode returns and what the real arcface_paddle small_lfw.bin stores; any other
+        # shape (a (112, 112) or (H, W, 3) array would be decoded pixels) is not an encoded image.
+        if not (image.ndim == 1 or (image.ndim == 2 and image.shape[1] == 1)):
+            raise DataFormatError(path, f"image {position} is a {image.ndim}-D numpy uint8 array of shape "
+                                  f"{image.shape}, not a 1-D (or (N, 1)) array of encoded bytes")
+        return image.tobytes()
+    if isinstance(image, np.generic):
+        raise DataFormatError(path, f"image {position} is a numpy {type(image).__name__} scalar, not bytes or a "
+                              "uint8 array")
+    if callable(image):
+        name = getattr(image, "__qualname__", None) or type(image).__name__
+        raise DataFormatError(path, f"image {position} is a callable ({name}), not bytes or a uint8 array")
+    raise DataFormatError(path, f"image {position} is a {type(image).__name__}, not bytes or a uint8 array")
+
+
 def load_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
     """Load a verification ``.bin``: ``(images, issame)`` with ``2P`` image byte strings and ``P`` bools.
 
     Reads the Python 2 files of insightface as well as Python 3 pickles of any protocol, with ``issame`` as
-    a list of bools or a numpy bool array. Any global other than those such files contain, an unreadable
-    or truncated pickle, or a wrong structure raises DataFormatError.
+    a list of bools or a numpy bool array. An image may be stored as bytes (Python 2 ``str``) or as a numpy
+    uint8 array of the encoded bytes of shape (N,) or (N, 1) (``cv2.imencode``'s output, as in insightface's
+    ``arcface_paddle`` files); either is returned as ``bytes``. Any global other than those such files
+    contain, an unreadable or truncated pickle, an image of another type (object or non-uint8 arrays, arrays
+    of any other shape, callables) or a wrong structure raises DataFormatError naming the file (and the image
+    index).
     """
     path = os.fspath(path)
     with open(path, "rb") as file:
@@ -135,12 +172,8 @@ def load_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
         raise DataFormatError(path, f"expected a 2-tuple (images, issame), found {found}")
     raw_images, raw_issame = content
     if not isinstance(raw_images, (list, tuple)):
-        raise DataFormatError(path, f"images must be a list of bytes, got {type(raw_images).__name__}")
-    images: list[bytes] = []
-    for position, image in enumerate(raw_images):
-        if not isinstance(image, (bytes, bytearray)):
-            raise DataFormatError(path, f"image {position} is a {type(image).__name__}, not bytes")
-        images.append(bytes(image))
+        raise DataFormatError(path, f"images must be a list of encoded images, got {type(raw_images).__name__}")
+    images = [_image_bytes(image, path, position) for position, image in enumerate(raw_images)]
     issame = _as_issame(raw_issame, path)
     if len(images) != 2 * len(issame):
         raise DataFormatError(
@@ -177,8 +210,11 @@ def save_bin(
 
     ``style="py2"`` reproduces the opcode stream of insightface's Python 2 files (protocol 2, images as
     BINSTRING, which plain Python 3 ``pickle.load`` cannot decode without ``encoding='bytes'``);
-    ``style="py3"`` is a plain protocol-4 pickle. The file is written under a temporary name in the same
-    folder and renamed, so a failure never leaves a half-written ``.bin``.
+    ``style="py3"`` is a plain protocol-4 pickle. Images are always written as bytes, in both styles, even when
+    given as numpy uint8 arrays (any bytes-like object is accepted and copied): that is what the public files
+    hold and what every reader, mxnet's and insightface's Python 2 ones included, expects; `load_bin` reads the
+    numpy form as well. The file is written under a temporary name in the same folder and renamed, so a
+    failure never leaves a half-written ``.bin``.
     """
     if style not in ("py2", "py3"):
         raise ValueError(f"style must be 'py2' or 'py3', got {style!r}")

@@ -63,7 +63,12 @@ class RecordFaceDataset(Dataset):
 
 
 class FolderFaceDataset(Dataset):
-    """Training images listed in ``train.list``; items ``{"image", "label"}``."""
+    """Training images listed in ``train.list``; items ``{"image", "label"}``.
+
+    The listed files may be JPEG, PNG or PGM/PPM, colour or grey, of any size: `decode_face` brings each to a
+    uint8 RGB (3, image_size, image_size) tensor by the rule shared with identification and prediction
+    (docs/formats.md, section 5).
+    """
 
     def __init__(self, root: str | os.PathLike, num_classes: int | None = None,
                  image_size: int = IMAGE_SIZE) -> None:

@@ -91,7 +91,10 @@ def read_pair_list(root: str | os.PathLike, name: str) -> tuple[list[Path], np.n
 
 
 def _image_suffix(data: bytes) -> str:
-    return ".png" if data[:8] == b"\x89PNG\r\n\x1a\n" else ".jpg"
+    # Named by content, so that image folders (fskd.data.layouts.IMAGE_SUFFIXES) list the extracted files.
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return ".png"
+    return {b"P2": ".pgm", b"P5": ".pgm", b"P3": ".ppm", b"P6": ".ppm"}.get(bytes(data[:2]), ".jpg")
 
 
 def _write_bytes(path: Path, data: bytes) -> None:

@@ -15,8 +15,10 @@ import numpy as np
 
 from fskd.data.errors import DataFormatError
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
-"""File types read from image folders (compared case-insensitively)."""
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".pgm", ".ppm")
+"""File types read from image folders, compared case-insensitively (``1.PGM`` counts). PGM/PPM are Netpbm: grey
+databases such as ORL and Extended Yale B ship PGM, colour FERET ships PPM; `fskd.data.images.decode_face`
+reads them all and brings every size to the model input (docs/formats.md, section 5)."""
 
 DISTRACTOR_LABEL = -100
 """Label of gallery distractors (as AdaFace's TinyFace helper); it never counts as a match."""
@@ -80,12 +82,13 @@ def load_tinyface_layout(root: str | os.PathLike) -> tuple[list[Path], np.ndarra
 
 def split_identity_folder(root: str | os.PathLike, gallery_per_identity: int = 1, seed: int | None = None,
                           ) -> tuple[list[Path], np.ndarray, list[Path], np.ndarray]:
-    """Split ``root/<identity>/*.jpg`` into a gallery and probes: ``(probe_paths, probe_labels, gallery_paths,
-    gallery_labels)``.
+    """Split ``root/<identity>/<image>`` (any of `IMAGE_SUFFIXES`) into a gallery and probes: ``(probe_paths,
+    probe_labels, gallery_paths, gallery_labels)``.
 
     Identities are the sub-folders in sorted order, labelled 0, 1, ...; ``gallery_per_identity`` images of
     each go to the gallery (the first ones in sorted order, or a random choice when ``seed`` is given) and the
-    rest are probes. An identity with no more images than that only enlarges the gallery.
+    rest are probes. An identity with no more images than that only enlarges the gallery. Images are listed
+    recursively under each identity folder (`list_images`), in sorted order of their relative paths.
     """
     root = Path(root)
     if gallery_per_identity < 1:
@@ -94,7 +97,7 @@ def split_identity_folder(root: str | os.PathLike, gallery_per_identity: int = 1
         raise FileNotFoundError(f"{root}: identity folder not found")
     identities = sorted(p for p in root.iterdir() if p.is_dir())
     if not identities:
-        raise DataFormatError(root, "no identity sub-folders (expected root/<identity>/<image>.jpg)")
+        raise DataFormatError(root, "no identity sub-folders (expected root/<identity>/<image>)")
     rng = random.Random(seed)
     probes: list[Path] = []
     probe_labels: list[int] = []

@@ -1,7 +1,9 @@
 """Image sources that workers decode: a list of files or encoded bytes, and a folder or ``.rec`` to embed.
 
-Items are uint8 (3, size, size) RGB tensors; normalisation and degradation happen later, on the device. A file
-that cannot be read or decoded raises `DataFormatError` naming it (and the record key for a ``.rec``).
+Items are uint8 (3, size, size) RGB tensors; normalisation and degradation happen later, on the device. Files
+may be JPEG, PNG or PGM/PPM, colour or grey, of any size: `decode_face` applies the one rule of docs/formats.md,
+section 5 (grey to three channels; longer side scaled to ``size``, the shorter zero-padded), the same as training.
+A file that cannot be read or decoded raises `DataFormatError` naming it (and the record key for a ``.rec``).
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ REC_NAME_PREFIX = "rec:"
 
 
 class PredictionImages(Dataset):
-    """Faces to embed: every image under a folder (recursive, sorted by relative path) or every image of a
-    ``.rec`` file (with the ``.idx`` of the same name beside it), in record order.
+    """Faces to embed: every image under a folder (recursive, sorted by relative path, any of
+    `IMAGE_SUFFIXES`) or every image of a ``.rec`` file (with the ``.idx`` of the same name beside it), in record order.
 
     Items are ``{"image": uint8 (3, size, size), "index": int}``; `names` holds, per index, the path relative
     to the folder (POSIX separators) or ``"rec:<key>"``.
