@@ -350,7 +350,7 @@ def test_other_input_sizes() -> None:
 
 
 def test_factory_and_argument_errors() -> None:
-    assert list_backbones() == ["iresnet18", "iresnet34", "iresnet50", "iresnet100"]
+    assert list_backbones() == ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "mobilefacenet"]
     assert create_backbone("IResNet18", width=0.125).layers == (2, 2, 2, 2)
     known = "iresnet18, iresnet34, iresnet50, iresnet100"
     with pytest.raises(ValueError, match=rf"unknown backbone 'resnet50'.*{known}"):

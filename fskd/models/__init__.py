@@ -1,5 +1,5 @@
-"""fskd.models: iResNet backbones (with optional SE/CBAM attention), classification/margin heads, and loading
-a trained backbone or head from a checkpoint (plain PyTorch: no Lightning import)."""
+"""fskd.models: iResNet backbones (with optional SE/CBAM attention), MobileFaceNet, classification/margin heads,
+and loading a trained backbone or head from a checkpoint (plain PyTorch: no Lightning import)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from fskd.models.iresnet import (
     list_backbones,
 )
 from fskd.models.loading import load_backbone, load_head, read_checkpoint
+from fskd.models.mobilefacenet import MobileFaceNet  # also registers "mobilefacenet" with create_backbone
 
 __all__ = [
     "AdaFace",
@@ -32,6 +33,7 @@ __all__ = [
     "CosFace",
     "IBasicBlock",
     "IResNet",
+    "MobileFaceNet",
     "SoftmaxHead",
     "SpatialAttention",
     "SqueezeExcitation",

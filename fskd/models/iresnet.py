@@ -29,7 +29,7 @@ A-SKD baseline distils).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -258,14 +258,30 @@ class IResNet(nn.Module):
         return pooled if self.projection is None else self.projection(pooled)
 
 
+#: Backbones defined in other modules of this package (``mobilefacenet``), which register themselves here: they
+#: import this module (`BackboneOutput`, `scaled_width`), so this factory cannot import them without a cycle.
+_REGISTERED_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(name: str, builder: Callable[..., nn.Module]) -> None:
+    """Make :func:`create_backbone` build ``name`` with ``builder(**kwargs)`` (called by the defining module)."""
+    key = name.lower()
+    if key in _BACKBONE_LAYERS:
+        raise ValueError(f"backbone name {name!r} is taken by an iResNet")
+    _REGISTERED_BACKBONES[key] = builder
+
+
 def list_backbones() -> list[str]:
     """Names accepted by :func:`create_backbone`."""
-    return list(_BACKBONE_LAYERS)
+    return [*_BACKBONE_LAYERS, *_REGISTERED_BACKBONES]
 
 
-def create_backbone(name: str, **kwargs: object) -> IResNet:
-    """Build a named iResNet (``iresnet18/34/50/100``); ``kwargs`` go to :class:`IResNet`."""
+def create_backbone(name: str, **kwargs: object) -> nn.Module:
+    """Build a named backbone: an iResNet (``iresnet18/34/50/100``; ``kwargs`` go to :class:`IResNet`) or a
+    registered one (``mobilefacenet``: `fskd.models.mobilefacenet.MobileFaceNet`)."""
     key = name.lower()
+    if key in _REGISTERED_BACKBONES:
+        return _REGISTERED_BACKBONES[key](**kwargs)
     if key not in _BACKBONE_LAYERS:
         raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}")
     return IResNet(_BACKBONE_LAYERS[key], **kwargs)  # type: ignore[arg-type]
@@ -278,5 +294,6 @@ __all__ = [
     "create_backbone",
     "list_backbones",
     "output_spatial_size",
+    "register_backbone",
     "scaled_width",
 ]

@@ -65,11 +65,11 @@ def infer_architecture(state: dict[str, torch.Tensor], path: str | os.PathLike, 
         if match:
             stage, index = int(match.group(1)) - 1, int(match.group(2))
             blocks[stage] = max(blocks[stage], index + 1)
-    names = {tuple(layers): name for name, layers in
-             ((n, create_backbone(n, width=1 / 64).layers) for n in list_backbones())}
+    iresnets = [n for n in list_backbones() if n.startswith("iresnet")]
+    names = {tuple(create_backbone(n, width=1 / 64).layers): n for n in iresnets}
     name = names.get(tuple(blocks))
     if name is None:
-        raise ValueError(f"{path}: blocks per stage {blocks} match no iResNet ({', '.join(list_backbones())})")
+        raise ValueError(f"{path}: blocks per stage {blocks} match no iResNet ({', '.join(iresnets)})")
     if arch is not None and arch != name:
         raise ValueError(f"{path}: --arch {arch} but the weights hold {blocks} blocks per stage ({name})")
     if "conv1.weight" not in state:
