@@ -91,6 +91,26 @@ def test_every_method_gives_a_finite_loss_with_gradients(method: str, tmp_path: 
     assert (module.hints is not None) == (method in ("fskd_hint", "fitnet"))
 
 
+MOBILEFACENET = {"backbone": "mobilefacenet", "neck": "gdc", "width": 0.25, "embedding_size": 32, "num_classes": 7}
+
+
+@pytest.mark.parametrize("method", [m for m in DISTILL_NAMES if m != "askd"])
+def test_every_method_trains_a_mobilefacenet_student_from_a_mobilefacenet_teacher(method: str,
+                                                                                   tmp_path: Path) -> None:
+    """Every loss that does not need CBAM gates works with MobileFaceNet's four stage maps (56/28/14/7 px)."""
+    module = DistillModule(teacher_ckpt=str(_save_teacher(tmp_path, **MOBILEFACENET)), distill=method,
+                           **MOBILEFACENET)
+    batch = _batch()
+    student = module.backbone(batch["lr"])
+    assert [f.shape[-1] for f in student.features] == [56, 28, 14, 7]
+    with torch.no_grad():
+        teacher = module.teacher(batch["hr"])
+    value = module.distillation(student, teacher)
+    assert torch.isfinite(value) and value > 0
+    value.backward()
+    assert next(module.backbone.parameters()).grad is not None  # the stem learns from the loss
+
+
 def test_fskd_term_is_the_feature_similarity_loss(tmp_path: Path) -> None:
     module = DistillModule(teacher_ckpt=str(_save_teacher(tmp_path)), distill_weight=3.0, **TINY)
     batch = _batch()
