@@ -45,6 +45,8 @@ COMMANDS: dict[str, Command] = {
                       "--ckpt CKPT --onnx OUT.onnx [--torchscript OUT.pt]"),
     "import-teacher": Command("fskd.commands.import_teacher", "a pretrained recogniser as an fskd checkpoint",
                               "SOURCE --format arcface_torch|authors|mxnet --out FILE.ckpt"),
+    "realfaces": Command("fskd.commands.realfaces", "F-SKD on real faces (ORL + Yale B) with a real teacher",
+                         "--data ../shared/data/real-faces --out DIR [--preset smoke|full]"),
     "demo": Command("fskd.commands.demo", "synthetic faces -> teacher, base and F-SKD students -> tables",
                     "[--out DIR] [--preset quick|full|smoke] [--seeds 0 1 2]"),
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import pickle
 import signal
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,12 @@ class FskdCLI(LightningCLI):
 def lightning_main(argv: Sequence[str] | None = None, run: bool = True) -> FskdCLI:
     """Run LightningCLI with ``argv`` (``["fit", "--config", ...]``); ``None`` reads ``sys.argv`` (the shell)."""
     quiet_console()
-    return FskdCLI(args=list(argv) if argv is not None else None, run=run)
+    if argv is None:
+        return FskdCLI(args=None, run=run)
+    with warnings.catch_warnings():
+        # Commands that run fits (demo, realfaces) pass their argument lists on purpose.
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+        return FskdCLI(args=list(argv), run=run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,7 +26,7 @@ class DistillModule(FaceRecognitionModule):
         distill: ``fskd`` (paper-era F-SKD), ``fskd_hint`` (later code: 1x1 hint adapters + BN on the student),
             ``askd`` (CBAM attention maps), ``fitnet``, ``at``, ``rkd`` or ``hkd``.
         distill_weight: weight of the distillation term; ``None`` = the authors' default for that loss
-            (F-SKD 20).
+            (F-SKD 20); 0 trains the same student without distillation (the teacher is then not run).
         hint_batch_norm: BN after the hint convolutions (``fskd_hint``/``fitnet``).
         init_from_teacher: start the student from the teacher's weights instead of from scratch.
         save_teacher: also store the teacher's weights in every student checkpoint (off: they are reloaded from
@@ -97,10 +97,14 @@ class DistillModule(FaceRecognitionModule):
     # -- training ----------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         student = self.backbone(self.as_input(batch["lr"]))
-        with torch.no_grad():
-            teacher = self.teacher(self.as_input(batch["hr"]))
         ce = self.classification_loss(student.embedding, batch["label"], "train")
-        distill = self.distillation(student, teacher)
+        if self.distill_weight == 0.0:
+            # A control run (same module, same init, no distillation): skip the teacher's forward pass.
+            distill = torch.zeros((), device=ce.device)
+        else:
+            with torch.no_grad():
+                teacher = self.teacher(self.as_input(batch["hr"]))
+            distill = self.distillation(student, teacher)
         loss = ce + self.distill_weight * distill
         self.check_finite(batch_idx, ce=ce, distill=distill, loss=loss)
         self.log("train/distill", distill, prog_bar=True)
