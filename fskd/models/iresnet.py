@@ -72,6 +72,16 @@ def scaled_width(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
+def check_size_arguments(width: float, embedding_size: int, input_size: int) -> None:
+    """The size arguments every backbone takes: a positive width multiplier, embedding size and input side."""
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    if embedding_size < 1:
+        raise ValueError(f"embedding_size must be >= 1, got {embedding_size}")
+    if input_size < 1:
+        raise ValueError(f"input_size must be >= 1, got {input_size}")
+
+
 def output_spatial_size(input_size: int) -> int:
     """Side of the last stage's map: four stride-2 3x3 convs with padding 1, each mapping n -> ceil(n/2)."""
     size = input_size
@@ -161,14 +171,9 @@ class IResNet(nn.Module):
             raise ValueError(f"unknown mode {mode!r}; expected one of {list(MODES)}")
         if neck not in NECKS:
             raise ValueError(f"unknown neck {neck!r}; expected one of {list(NECKS)}")
-        if not width > 0:
-            raise ValueError(f"width must be > 0, got {width}")
-        if embedding_size < 1:
-            raise ValueError(f"embedding_size must be >= 1, got {embedding_size}")
+        check_size_arguments(width, embedding_size, input_size)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if input_size < 1:
-            raise ValueError(f"input_size must be >= 1, got {input_size}")
 
         self.layers = layers
         self.mode = mode
@@ -289,6 +294,7 @@ def create_backbone(name: str, **kwargs: object) -> nn.Module:
 
 __all__ = [
     "BackboneOutput",
+    "check_size_arguments",
     "IBasicBlock",
     "IResNet",
     "create_backbone",

@@ -30,7 +30,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fskd.models.iresnet import BackboneOutput, output_spatial_size, register_backbone, scaled_width
+from fskd.models.iresnet import (
+    BackboneOutput,
+    check_size_arguments,
+    output_spatial_size,
+    register_backbone,
+    scaled_width,
+)
 
 #: Bottlenecks in res_3, res_4, res_5 of the y1 layout.
 Y1_BLOCKS: tuple[int, int, int] = (4, 6, 2)
@@ -110,14 +116,9 @@ class MobileFaceNet(nn.Module):
             raise ValueError(f"MobileFaceNet has no {mode!r} variant; its only mode is 'ir'")
         if neck not in NECKS:
             raise ValueError(f"MobileFaceNet's neck is 'gdc' (global depthwise convolution), got {neck!r}")
-        if not width > 0:
-            raise ValueError(f"width must be > 0, got {width}")
-        if embedding_size < 1:
-            raise ValueError(f"embedding_size must be >= 1, got {embedding_size}")
+        check_size_arguments(width, embedding_size, input_size)
         if dropout != 0.0:
             raise ValueError(f"MobileFaceNet's GDC neck has no dropout; dropout must be 0.0, got {dropout}")
-        if input_size < 1:
-            raise ValueError(f"input_size must be >= 1, got {input_size}")
 
         self.layers = layers
         self.mode = mode
