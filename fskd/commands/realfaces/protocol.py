@@ -30,7 +30,10 @@ from fskd.data.real_faces import (
 )
 
 COLUMNS = ("model", "resolution", "split", "seed", "acc", "acc_std", "insightface_acc", "rank1")
-MODELS = ("teacher", "base_14", "fskd_14")
+MODELS = ("teacher", "base_14", "fskd_14", "fskd_hint_14")
+#: The students: distillation method and weight (0: the base student, same module without distillation).
+STUDENTS: dict[str, tuple[str, float]] = {"base_14": ("fskd", 0.0), "fskd_14": ("fskd", 20.0),
+                                          "fskd_hint_14": ("fskd_hint", 20.0)}
 FOLDS = 5
 VALIDATION_SHARE = 0.2
 """Share of fold 0's training people held out to choose the recipe."""
@@ -82,7 +85,7 @@ class Experiment:
         return root
 
     # -- training ----------------------------------------------------------------------------------------------
-    def fit(self, name: str, root: Path, recipe: Recipe, distill: bool, seed: int, save_every: int | None = None,
+    def fit(self, name: str, root: Path, recipe: Recipe, student: str, seed: int, save_every: int | None = None,
             ) -> Path:
         """Train one student through ``fskd fit``; its folder's checkpoints (``last.ckpt`` and, with
         ``save_every``, one per that many steps)."""
@@ -94,11 +97,13 @@ class Experiment:
         args = ["fit", "--config", str(RECIPE), "--data.root", str(root), "--model.teacher_ckpt",
                 str(self.teacher_path), "--model.lr", str(recipe.lr), "--model.head_kwargs",
                 json.dumps({"s": 30.0, "m": recipe.margin}), "--trainer.max_steps", str(recipe.steps),
-                "--model.distill_weight", "20.0" if distill else "0.0", "--seed_everything", str(seed),
+                "--model.distill_weight", str(STUDENTS[student][1]), "--seed_everything", str(seed),
                 "--data.seed", str(seed), "--trainer.default_root_dir", str(folder), "--trainer.logger",
                 json.dumps([{"class_path": "lightning.pytorch.loggers.CSVLogger",
                              "init_args": {"save_dir": str(folder), "name": "logs"}}]),
                 "--checkpoint.dirpath", str(checkpoints), "--trainer.enable_progress_bar", "false"]
+        if STUDENTS[student][0] != "fskd":
+            args += ["--model.distill", STUDENTS[student][0]]
         if save_every:
             args += ["--checkpoint.every_n_train_steps", str(save_every), "--checkpoint.save_top_k", "-1"]
         if marker.is_file() and json.loads(marker.read_text()).get("args") == args:
@@ -131,7 +136,7 @@ class Experiment:
         for number, (lr, margin) in enumerate(self.preset.grid):
             progress(f"recipe {number + 1}/{len(self.preset.grid)}: base student, lr {lr}, margin {margin}")
             checkpoints = self.fit(f"recipe_lr{lr}_m{margin}", root, Recipe(lr, margin, self.preset.max_steps),
-                                   distill=False, seed=0, save_every=min(self.preset.step_choices))
+                                   student="base_14", seed=0, save_every=min(self.preset.step_choices))
             for steps in self.preset.step_choices:
                 found = sorted(checkpoints.glob(f"*step={steps}.ckpt")) or (
                     [checkpoints / "last.ckpt"] if steps == self.preset.max_steps else [])
@@ -183,8 +188,7 @@ class Experiment:
                                                              resolutions=self.preset.resolutions)
                         rows = teacher_rows
                     else:
-                        checkpoints = self.fit(f"fold{fold}_seed{seed}_{model}", root, recipe,
-                                               distill=model == "fskd_14", seed=seed)
+                        checkpoints = self.fit(f"fold{fold}_seed{seed}_{model}", root, recipe, model, seed)
                         rows = score(load_backbone(checkpoints / "last.ckpt"), **test_set,
                                      resolutions=self.preset.resolutions)
                     self.append(model, fold, seed, rows)

@@ -13,20 +13,20 @@ from fskd.commands.realfaces.scoring import CROSS
 from fskd.evaluation.statistics import paired_difference
 
 LABELS = {"teacher": "teacher (imported MobileFaceNet, frozen)", "base_14": "base student 14 px (labels only)",
-          "fskd_14": "F-SKD student 14 px"}
+          "fskd_14": "F-SKD student 14 px", "fskd_hint_14": "F-SKD + hint adapters 14 px (later code)"}
 METRICS = {"acc": "verification, authors' protocol", "insightface_acc": "verification, insightface protocol",
            "rank1": "identification rank-1 (HR gallery)"}
 
 
-def gains(rows: list[dict[str, Any]], metric: str = "acc") -> dict[str, dict[str, Any]]:
-    """Per resolution: F-SKD - base paired by (split, seed)."""
+def gains(rows: list[dict[str, Any]], metric: str = "acc", model: str = "fskd_14") -> dict[str, dict[str, Any]]:
+    """Per resolution: ``model`` - base paired by (split, seed)."""
     by_key = {(r["model"], r["resolution"], r["split"], r["seed"]): r[metric] for r in rows}
     result = {}
     for resolution in dict.fromkeys(r["resolution"] for r in rows):
-        runs = sorted({(s, d) for (m, res, s, d) in by_key if m == "fskd_14" and res == resolution
+        runs = sorted({(s, d) for (m, res, s, d) in by_key if m == model and res == resolution
                        and ("base_14", res, s, d) in by_key})
         if runs:
-            result[resolution] = paired_difference([by_key[("fskd_14", resolution, s, d)]
+            result[resolution] = paired_difference([by_key[(model, resolution, s, d)]
                                                     - by_key[("base_14", resolution, s, d)] for s, d in runs])
     return result
 
@@ -38,20 +38,24 @@ def _points(value: float) -> str:
 def markdown(rows: list[dict[str, Any]], recipe: Any, trials: list[dict[str, Any]], header: list[str]) -> str:
     table = mean_rows(rows)
     resolutions = list(dict.fromkeys(r["resolution"] for r in rows))
+    present = [m for m in MODELS if any(r["model"] == m for r in rows)]
     lines = [*header, ""]
     for metric, title in METRICS.items():
         lines += [f"## {title} (%; mean over folds and seeds)", "",
                   "| model | " + " | ".join(f"{r} px" if r != CROSS else "112 vs 14 px" for r in resolutions)
                   + " | runs |", "|---|" + "---|" * (len(resolutions) + 1)]
-        for model in MODELS:
+        for model in present:
             cells = [f"{100 * table[(model, r)][metric]:.1f}" if (model, r) in table else "–" for r in resolutions]
             runs = max((int(table[(model, r)]["n"]) for r in resolutions if (model, r) in table), default=0)
             lines.append(f"| {LABELS[model]} | " + " | ".join(cells) + f" | {runs} |")
         lines.append("")
-        paired = gains(rows, metric)
-        if paired:
-            lines += [f"F-SKD − base ({title}), points, paired by (fold, seed): mean [95 % t interval], runs with "
-                      "a gain / runs", "", "| resolution | mean | 95 % interval | F-SKD better |", "|---|---|---|---|"]
+        for model in MODELS[2:]:
+            paired = gains(rows, metric, model)
+            if not paired:
+                continue
+            lines += [f"{LABELS[model]} − base ({title}), points, paired by (fold, seed): mean [95 % t interval], "
+                      "runs where it is better / runs", "", "| resolution | mean | 95 % interval | better |",
+                      "|---|---|---|---|"]
             for resolution, g in paired.items():
                 lines.append(f"| {resolution} | {_points(g['mean'])} | [{_points(g['low'])}, {_points(g['high'])}] "
                              f"| {g['positive']}/{g['n']} |")
@@ -70,7 +74,7 @@ def picture(path: Path, rows: list[dict[str, Any]]) -> Path:
     panels = {}
     for metric in ("acc", "rank1"):
         panel = {}
-        for model in MODELS:
+        for model in [m for m in MODELS if any(r["model"] == m for r in rows)]:
             means, spreads = [], []
             for resolution in resolutions:
                 values = [r[metric] for r in rows if r["model"] == model and r["resolution"] == resolution]
