@@ -29,9 +29,8 @@ def lightning(args: list[str]) -> Any:
     from fskd.commands.lightning import lightning_main
 
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+        # The demo loads in the main process unless --workers is given: Lightning's hint says so each run.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
         return lightning_main(args)
 
 
