@@ -37,7 +37,7 @@ PRESETS: dict[str, Preset] = {
                                "--data.val_resolutions", "[112,14]"),
                     description="test-sized pipeline check (3 steps per model); numbers are meaningless"),
     "quick": Preset("quick", identities=300, images_per_identity=6, pairs=200,
-                    description="about 6 minutes on 2 CPU cores (5:49 measured); shows the pipeline, numbers "
+                    description="about 5 minutes on 2 CPU cores (5:02 measured); shows the pipeline, numbers "
                                 "are noisy"),
     "full": Preset("full", identities=1000, images_per_identity=6, pairs=600, seeds=(0, 1, 2),
                    overlays=("full.yaml",),
