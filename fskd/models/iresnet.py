@@ -43,7 +43,7 @@ NECKS: tuple[str, ...] = ("gap", "fc")
 ATTENTION_REDUCTION = 16
 CONV_INIT_STD = 0.1  # insightface initialises every conv weight with N(0, 0.1)
 
-_BACKBONE_LAYERS: dict[str, tuple[int, int, int, int]] = {
+IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
     "iresnet18": (2, 2, 2, 2),
     "iresnet34": (3, 4, 6, 3),
     "iresnet50": (3, 4, 14, 3),
@@ -271,14 +271,14 @@ _REGISTERED_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 def register_backbone(name: str, builder: Callable[..., nn.Module]) -> None:
     """Make :func:`create_backbone` build ``name`` with ``builder(**kwargs)`` (called by the defining module)."""
     key = name.lower()
-    if key in _BACKBONE_LAYERS:
+    if key in IRESNET_LAYERS:
         raise ValueError(f"backbone name {name!r} is taken by an iResNet")
     _REGISTERED_BACKBONES[key] = builder
 
 
 def list_backbones() -> list[str]:
     """Names accepted by :func:`create_backbone`."""
-    return [*_BACKBONE_LAYERS, *_REGISTERED_BACKBONES]
+    return [*IRESNET_LAYERS, *_REGISTERED_BACKBONES]
 
 
 def create_backbone(name: str, **kwargs: object) -> nn.Module:
@@ -287,15 +287,16 @@ def create_backbone(name: str, **kwargs: object) -> nn.Module:
     key = name.lower()
     if key in _REGISTERED_BACKBONES:
         return _REGISTERED_BACKBONES[key](**kwargs)
-    if key not in _BACKBONE_LAYERS:
+    if key not in IRESNET_LAYERS:
         raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}")
-    return IResNet(_BACKBONE_LAYERS[key], **kwargs)  # type: ignore[arg-type]
+    return IResNet(IRESNET_LAYERS[key], **kwargs)  # type: ignore[arg-type]
 
 
 __all__ = [
     "BackboneOutput",
     "check_size_arguments",
     "IBasicBlock",
+    "IRESNET_LAYERS",
     "IResNet",
     "create_backbone",
     "list_backbones",

@@ -70,7 +70,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    checkpoint = safe_torch_load(path, map_location="cpu")
+    try:
+        checkpoint = safe_torch_load(path, map_location="cpu")
+    except OSError as error:  # e.g. unreadable: named like every other refusal
+        raise load_error(path, error) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ValueError(f"{path}: not an fskd system checkpoint (no state_dict/hyper_parameters)")
     return checkpoint
@@ -82,6 +85,11 @@ def architecture(checkpoint: dict[str, Any], path: str | os.PathLike = "checkpoi
     if missing:
         raise ValueError(f"{path}: hyper-parameters lack {missing}; not a FaceRecognitionModule checkpoint")
     return {k: hparams[k] for k in ARCHITECTURE_KEYS}
+
+
+def backbone_from_architecture(architecture: dict[str, Any]) -> torch.nn.Module:
+    """A freshly initialised backbone described by `ARCHITECTURE_KEYS` (as checkpoints and importers hold them)."""
+    return create_backbone(architecture["backbone"], **{k: v for k, v in architecture.items() if k != "backbone"})
 
 
 def _sub_state(checkpoint: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
@@ -111,7 +119,7 @@ def load_backbone(path: str | os.PathLike, prefix: str = "backbone.",
         if different:
             details = ", ".join(f"{k}: checkpoint {a!r} != expected {b!r}" for k, (a, b) in different.items())
             raise ValueError(f"{path}: architecture mismatch ({details})")
-    backbone = create_backbone(**{"name": arch.pop("backbone"), **arch})
+    backbone = backbone_from_architecture(arch)
     state = _sub_state(checkpoint, prefix)
     if not state:
         raise ValueError(f"{path}: no weights under {prefix!r} in the checkpoint")

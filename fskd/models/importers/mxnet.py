@@ -46,7 +46,8 @@ from torch import nn
 
 from fskd.data.errors import DataFormatError
 from fskd.data.mxnet_params import load_params
-from fskd.models.iresnet import IResNet, create_backbone, list_backbones
+from fskd.models.iresnet import IRESNET_LAYERS, IResNet
+from fskd.models.loading import backbone_from_architecture
 from fskd.models.mobilefacenet import Y1_BLOCKS, ConvUnit, DepthWiseUnit, MobileFaceNet
 
 #: fskd's input is (x/255 - 0.5)/0.5 = (x - 127.5)/127.5 for 0..255 pixels.
@@ -442,7 +443,7 @@ def _iresnet_architecture(nodes: list[dict[str, Any]], path: Path) -> dict[str, 
             stage, unit = int(match.group(1)), int(match.group(2))
             blocks[stage] = max(blocks.get(stage, 0), unit)
     layers = tuple(blocks.get(stage, 0) for stage in range(1, 5))
-    names = {tuple(create_backbone(n, width=1 / 64).layers): n for n in list_backbones() if n.startswith("iresnet")}
+    names = {layers: name for name, layers in IRESNET_LAYERS.items()}
     if len(blocks) != 4 or layers not in names:
         raise ValueError(f"{path}: units per stage {layers} match no iResNet "
                          f"({', '.join(f'{n} {list(k)}' for k, n in names.items())})")
@@ -475,8 +476,7 @@ def import_mxnet(prefix: str, epoch: int = 0) -> tuple[nn.Module, dict[str, Any]
     nodes = read_symbol(symbol_path)
     try:
         architecture = _architecture(nodes, symbol_path)
-        name = architecture["backbone"]
-        backbone = create_backbone(name, **{k: v for k, v in architecture.items() if k != "backbone"})
+        backbone = backbone_from_architecture(architecture)
     except UnreadableAttribute as error:
         raise ValueError(f"{symbol_path}: {error}") from None
     except ValueError as error:  # an architecture fskd cannot build (e.g. zero filters)
@@ -487,7 +487,7 @@ def import_mxnet(prefix: str, epoch: int = 0) -> tuple[nn.Module, dict[str, Any]
         steps, what = mobilefacenet_plan(backbone), f"MobileFaceNet-y1 {Y1_BLOCKS}"
     else:
         assert isinstance(backbone, IResNet)
-        steps, what = iresnet_plan(backbone), name
+        steps, what = iresnet_plan(backbone), architecture["backbone"]
     importer = _Importer(nodes, params, symbol_path, params_path, what)
     walk = importer.run(steps)
     first_conv = steps[0].module

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 from fskd.models.heads import ClassificationHead, create_head
-from fskd.models.iresnet import IResNet, create_backbone, list_backbones
-from fskd.models.loading import safe_torch_load
+from fskd.models.iresnet import IRESNET_LAYERS, IResNet
+from fskd.models.loading import backbone_from_architecture, safe_torch_load
 
 _LAYER_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 _ATTENTION_KEY = re.compile(r"^(layer[1-4]\.\d+)\.attention\.(.+)$")
@@ -65,11 +65,10 @@ def infer_architecture(state: dict[str, torch.Tensor], path: str | os.PathLike, 
         if match:
             stage, index = int(match.group(1)) - 1, int(match.group(2))
             blocks[stage] = max(blocks[stage], index + 1)
-    iresnets = [n for n in list_backbones() if n.startswith("iresnet")]
-    names = {tuple(create_backbone(n, width=1 / 64).layers): n for n in iresnets}
+    names = {layers: name for name, layers in IRESNET_LAYERS.items()}
     name = names.get(tuple(blocks))
     if name is None:
-        raise ValueError(f"{path}: blocks per stage {blocks} match no iResNet ({', '.join(iresnets)})")
+        raise ValueError(f"{path}: blocks per stage {blocks} match no iResNet ({', '.join(IRESNET_LAYERS)})")
     if arch is not None and arch != name:
         raise ValueError(f"{path}: --arch {arch} but the weights hold {blocks} blocks per stage ({name})")
     if "conv1.weight" not in state:
@@ -82,8 +81,7 @@ def infer_architecture(state: dict[str, torch.Tensor], path: str | os.PathLike, 
 
 
 def _build(architecture: dict[str, Any], state: dict[str, torch.Tensor], path: str | os.PathLike) -> IResNet:
-    backbone = create_backbone(**{"name": architecture["backbone"],
-                                  **{k: v for k, v in architecture.items() if k != "backbone"}})
+    backbone = backbone_from_architecture(architecture)
     try:
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as error:
