@@ -28,6 +28,7 @@ from fskd.commands.demo.results import (
     with_set_means,
 )
 from fskd.commands.demo.running import DemoSettings, check_settings
+from fskd.commands.fits import FIT_MARKER
 from fskd.evaluation.verification import insightface_best_threshold
 
 SETS = ("agedb_30", "lfw", "cfp_fp")
@@ -260,7 +261,7 @@ def test_a_second_run_into_the_same_folder_never_reports_the_first_runs_models(
     assert (copy / "seed0" / "teacher.replaced-1" / "checkpoints" / "last.ckpt").is_file()
     assert not list((teacher / "checkpoints").glob("last-v*.ckpt"))
     assert checkpoint.read_bytes() == b"new"
-    assert json.loads((teacher / running.FIT_MARKER).read_text())["args"] == changed_fit
+    assert json.loads((teacher / FIT_MARKER).read_text())["args"] == changed_fit
 
 
 def _write_checkpoint(model_dir: Path) -> None:

@@ -19,6 +19,7 @@ from fskd.commands.demo.evaluation import lightning, load_evaluation, run_evalua
 from fskd.commands.demo.presets import DEFAULT_CONFIGS, RECIPE, Preset
 from fskd.commands.demo.report import clock, machine, markdown_tables, write_csv, write_pictures
 from fskd.commands.demo.results import ALL_SETS, MODELS, SeedOutcome, fskd_gains, summarise, with_set_means
+from fskd.commands.fits import fit_is_done, record_fit, set_aside
 
 
 class Progress:
@@ -93,37 +94,19 @@ def _dataset_is_current(root: Path, settings: DemoSettings, seed: int) -> bool:
             and all(v.get("pairs") == preset.pairs for v in meta.get("verification", {}).values()))
 
 
-FIT_MARKER = "fit_done.json"
-
-
-def _set_aside(model_dir: Path) -> Path:
-    """Rename an earlier run's model folder to ``<name>.replaced-<n>`` (nothing is deleted)."""
-    number = 1
-    while (target := model_dir.with_name(f"{model_dir.name}.replaced-{number}")).exists():
-        number += 1
-    model_dir.rename(target)
-    return target
-
-
 def _fit(settings: DemoSettings, model: str, model_dir: Path, fit: list[str], progress: Progress,
          commands: list[str], tag: str) -> Path:
     """Train ``model`` unless ``--resume`` finds a finished fit with the same arguments; the checkpoint."""
     checkpoint = model_dir / "checkpoints" / "last.ckpt"
-    marker = model_dir / FIT_MARKER
-    if settings.resume and checkpoint.is_file() and marker.is_file() and \
-            json.loads(marker.read_text()).get("args") == fit:
+    if settings.resume and fit_is_done(model_dir, fit):
         progress.stage(f"{tag}: {model} already trained ({checkpoint}, --resume)")
         return checkpoint
     if model_dir.exists():
-        # A different fit ran here: set it aside, so that the new run cannot pick up its checkpoints
-        # (Lightning would write last-v1.ckpt next to the old last.ckpt).
-        print(f"  {model_dir} holds a fit with other arguments: moved to {_set_aside(model_dir)}", flush=True)
+        print(f"  {model_dir} holds a fit with other arguments: moved to {set_aside(model_dir)}", flush=True)
     progress.stage(f"{tag}: fit {model}")
     commands.append(_shell(fit))
     lightning(fit)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint}: the fit of {model} wrote no last.ckpt")
-    marker.write_text(json.dumps({"args": fit}, indent=1) + "\n")
+    record_fit(model_dir, fit)
     return checkpoint
 
 

@@ -41,7 +41,6 @@ def main(argv: Sequence[str]) -> int:
 
     from fskd.commands.realfaces.protocol import Experiment, load_results
     from fskd.commands.realfaces.report import markdown, picture
-    from fskd.models.loading import atomic_torch_save, imported_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,17 +57,18 @@ def main(argv: Sequence[str]) -> int:
 
     teacher = Path(args.teacher) if args.teacher else out / "teacher.ckpt"
     if not teacher.is_file():
-        from fskd.models.importers.mxnet import import_mxnet
+        from fskd.commands import import_teacher
 
         progress(f"import the teacher -> {teacher}")
-        backbone, architecture, source = import_mxnet(data / "mobilefacenet_insightface_mxnet" / "model")
-        atomic_torch_save(imported_checkpoint(backbone, architecture, source), teacher)
+        prefix = data / "mobilefacenet_insightface_mxnet" / "model"
+        if import_teacher.main([str(prefix), "--format", "mxnet", "--out", str(teacher)]) != 0:
+            print(f"fskd realfaces: error: {teacher}: the imported teacher does not reload exactly", file=sys.stderr)
+            return 1
     preset = PRESETS[args.preset]
     progress("faces and folds")
     experiment = Experiment(data, out, preset, teacher, tuple(args.seeds or preset.seeds))
-    recipe = experiment.run(progress)
+    recipe, trials = experiment.run(progress)
     rows = load_results(experiment.results, experiment.stamp)
-    _, trials = experiment.choose_recipe(progress)
     minutes = (time.perf_counter() - start) / 60
     header = ["# fskd realfaces", "",
               f"* command: `fskd realfaces {' '.join(argv)}`; preset {preset.name} ({preset.description})",

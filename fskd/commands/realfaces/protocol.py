@@ -8,7 +8,6 @@ import csv
 import hashlib
 import json
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fskd.commands.fits import fit_is_done, record_fit, set_aside
 from fskd.commands.realfaces.presets import RECIPE, Preset
 from fskd.commands.realfaces.scoring import score
 from fskd.data.real_faces import (
@@ -93,7 +93,6 @@ class Experiment:
 
         folder = self.out / "runs" / name
         checkpoints = folder / "checkpoints"
-        marker = folder / "fit_done.json"
         args = ["fit", "--config", str(RECIPE), "--data.root", str(root), "--model.teacher_ckpt",
                 str(self.teacher_path), "--model.lr", str(recipe.lr), "--model.head_kwargs",
                 json.dumps({"s": 30.0, "m": recipe.margin}), "--trainer.max_steps", str(recipe.steps),
@@ -106,12 +105,12 @@ class Experiment:
             args += ["--model.distill", STUDENTS[student][0]]
         if save_every:
             args += ["--checkpoint.every_n_train_steps", str(save_every), "--checkpoint.save_top_k", "-1"]
-        if marker.is_file() and json.loads(marker.read_text()).get("args") == args:
+        if fit_is_done(folder, args):
             return checkpoints
         if folder.exists():
-            folder.rename(folder.with_name(f"{folder.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"))
+            set_aside(folder)
         lightning_main(args)
-        marker.write_text(json.dumps({"args": args}, indent=1) + "\n")
+        record_fit(folder, args)
         return checkpoints
 
     # -- recipe --------------------------------------------------------------------------------------------------
@@ -167,10 +166,11 @@ class Experiment:
                 writer.writerow({"model": model, "split": f"fold{fold}", "seed": seed, "stamp": self.stamp,
                                  **{k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()}})
 
-    def run(self, progress: Any) -> Recipe:
+    def run(self, progress: Any) -> tuple[Recipe, list[dict[str, Any]]]:
+        """Every missing model of every fold and seed; the recipe used and the trials that chose it."""
         from fskd.models import load_backbone
 
-        recipe, _ = self.choose_recipe(progress)
+        recipe, trials = self.choose_recipe(progress)
         progress(f"recipe: lr {recipe.lr}, margin {recipe.margin}, {recipe.steps} steps")
         for fold in self.preset.folds:
             training, test = self.split(fold)
@@ -192,7 +192,7 @@ class Experiment:
                         rows = score(load_backbone(checkpoints / "last.ckpt"), **test_set,
                                      resolutions=self.preset.resolutions)
                     self.append(model, fold, seed, rows)
-        return recipe
+        return recipe, trials
 
 
 def load_results(path: Path, stamp: str | None = None) -> list[dict[str, Any]]:
