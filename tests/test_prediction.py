@@ -193,6 +193,7 @@ DDP_SCRIPT = """
 import sys
 import lightning
 from test_prediction import EmbeddingWriter, FolderData, TinyEmbedder
+from fskd.commands.lightning import release_process_group
 
 if __name__ == "__main__":
     data = FolderData(sys.argv[1], batch_size=2)
@@ -200,6 +201,7 @@ if __name__ == "__main__":
                                 callbacks=[EmbeddingWriter(sys.argv[2])], enable_progress_bar=False,
                                 enable_model_summary=False)
     trainer.predict(TinyEmbedder(), datamodule=data)
+    release_process_group()
 """
 
 

@@ -179,4 +179,14 @@ def lightning_main(argv: Sequence[str] | None = None, run: bool = True) -> FskdC
 
 def main(argv: Sequence[str] | None = None) -> int:
     lightning_main(argv)
+    release_process_group()
     return 0
+
+
+def release_process_group() -> None:
+    """Close a DDP run's process group after success: left to interpreter exit, gloo's threads can abort the
+    process ("terminate called without an active exception", exit -6) after every result was written."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

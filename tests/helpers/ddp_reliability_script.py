@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from fskd.commands.lightning import lightning_main  # noqa: E402
+from fskd.commands.lightning import lightning_main, release_process_group  # noqa: E402
 from fskd.data.datamodule import FaceDataModule  # noqa: E402
 from tests.helpers.reliability import TEACHER_CONFIG, TINY  # noqa: E402
 
@@ -133,6 +133,7 @@ def main(spec_path: str) -> None:
     except SystemExit as stopped:
         status = stopped.code
     _write(out, "sigterm", {"status": status})
+    release_process_group()
     for child in children:
         child.wait(timeout=120)  # no process outlives the script
 
