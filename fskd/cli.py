@@ -49,6 +49,8 @@ COMMANDS: dict[str, Command] = {
                          "--data ../shared/data/real-faces --out DIR [--preset smoke|full]"),
     "demo": Command("fskd.commands.demo", "synthetic faces -> teacher, base and F-SKD students -> tables",
                     "[--out DIR] [--preset quick|full|smoke] [--seeds 0 1 2]"),
+    "grid": Command("fskd.commands.grid", "the synthetic method grid: every distillation method vs base, seeds",
+                    "[--out DIR] [--preset cpu|full|smoke] [--methods ...] [--seeds ...]"),
 }
 
 

@@ -82,16 +82,11 @@ def _shell(args: Sequence[str]) -> str:
 
 
 def _dataset_is_current(root: Path, settings: DemoSettings, seed: int) -> bool:
-    meta_path = root / "synthetic.json"
-    if not meta_path.is_file():
-        return False
+    from fskd.data.synthetic import dataset_matches
+
     preset = settings.preset
-    meta = json.loads(meta_path.read_text())
-    expected_config = json.loads(json.dumps(asdict(settings.synth_config())))
-    return (meta.get("seed") == seed and meta.get("config") == expected_config
-            and meta.get("train") == {"identity_range": [0, preset.identities],
-                                      "images_per_identity": preset.images_per_identity}
-            and all(v.get("pairs") == preset.pairs for v in meta.get("verification", {}).values()))
+    return dataset_matches(root, preset.identities, preset.images_per_identity, preset.pairs, seed,
+                           settings.synth_config())
 
 
 def _fit(settings: DemoSettings, model: str, model_dir: Path, fit: list[str], progress: Progress,

@@ -14,7 +14,13 @@ streams across major versions.
 """
 
 from fskd.data.synthetic.config import HAIR_PALETTE, HAIRSTYLES, SKIN_PALETTE, SynthConfig
-from fskd.data.synthetic.dataset import META_FILE, VERIFICATION_ID_BASE, VERIFICATION_SETS, generate_dataset
+from fskd.data.synthetic.dataset import (
+    META_FILE,
+    VERIFICATION_ID_BASE,
+    VERIFICATION_SETS,
+    dataset_matches,
+    generate_dataset,
+)
 from fskd.data.synthetic.faces import (
     FACE_CENTRE,
     GLASSES_COLOURS,
@@ -32,6 +38,7 @@ from fskd.data.synthetic.faces import (
 from fskd.data.synthetic.tinyface import TINYFACE_ID_BASE, write_tinyface_layout
 
 __all__ = [
+    "dataset_matches",
     "FACE_CENTRE",
     "GLASSES_COLOURS",
     "HAIRSTYLES",

@@ -106,6 +106,19 @@ class _Renderer:
             self.pool.join()
 
 
+def dataset_matches(out_dir: str | os.PathLike, identities: int, images_per_identity: int, pairs: int,
+                    seed: int, config: SynthConfig) -> bool:
+    """``out_dir`` holds a finished `generate_dataset` output made with exactly these arguments (its
+    ``synthetic.json``, written last), so a command can reuse it instead of rendering again."""
+    meta_path = Path(out_dir) / META_FILE
+    if not meta_path.is_file():
+        return False
+    meta = json.loads(meta_path.read_text())
+    return (meta.get("seed") == seed and meta.get("config") == json.loads(json.dumps(asdict(config)))
+            and meta.get("train") == {"identity_range": [0, identities], "images_per_identity": images_per_identity}
+            and all(v.get("pairs") == pairs for v in meta.get("verification", {}).values()))
+
+
 def generate_dataset(out_dir: str | os.PathLike, identities: int, images_per_identity: int, pairs: int,
                      seed: int = 0, size: int = 112, config: SynthConfig | None = None, workers: int = 1,
                      progress: bool = False) -> dict:
