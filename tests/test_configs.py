@@ -24,8 +24,9 @@ from fskd.models.heads import create_head
 from tests.conftest import CONFIGS, FAST, REPO
 
 RESOLUTIONS = ("14", "28", "56", "multi")
-#: The paper's students, plus the two other methods the code has (F-SKD with hint adapters, Hinton KD).
-METHODS = ("fskd", "askd", "fitnet", "at", "rkd", "fskd_hint", "hkd")
+#: The paper's students, plus the other methods the code has (F-SKD with hint adapters, Hinton KD, and the authors'
+#: final cross-sample F-SKD).
+METHODS = ("fskd", "askd", "fitnet", "at", "rkd", "fskd_hint", "hkd", "fskd_cross")
 
 
 def stack(*names: str) -> list[str]:
@@ -101,8 +102,8 @@ def loggers(config: Any) -> list[tuple[str, str, str]]:
 
 # -- every experiment ----------------------------------------------------------------------------------------
 def test_the_grid_is_complete() -> None:
-    """2 teachers, 4 baselines, 5 paper students x 4 resolutions (plus fskd_hint and hkd), 3 synthetic runs;
-    every YAML file under configs/ takes part in one of them."""
+    """2 teachers, 4 baselines, 5 paper students x 4 resolutions (plus fskd_hint, hkd and fskd_cross), 3 synthetic
+    runs; every YAML file under configs/ takes part in one of them."""
     assert len(EXPERIMENTS) == 2 + 4 + len(METHODS) * 4 + 3
     used = {arg for e in EXPERIMENTS.values() for arg in e.args if arg.startswith("configs/")}
     assert {str(p.relative_to(REPO)) for p in CONFIGS.rglob("*.yaml")} == used
@@ -133,7 +134,8 @@ def test_experiment_command(run: str) -> None:
     assert config.checkpoint.save_last is True and config.checkpoint.save_on_exception is True
     # The recipe shared by every run of a grid.
     head = head_of(model)
-    assert (model.neck, model.head, type(head).__name__, head.s, head.m) == ("gap", "cosface", "CosFace", 30.0, 0.25)
+    margin = 0.2 if experiment.method == "fskd_cross" else 0.25  # the final scripts' student margin
+    assert (model.neck, model.head, type(head).__name__, head.s, head.m) == ("gap", "cosface", "CosFace", 30.0, margin)
     assert (model.lr, model.momentum, model.nesterov, model.weight_decay, model.gamma) == (0.1, 0.9, True, 5e-4, 0.1)
     assert (data.train_interpolation, data.val_interpolation, data.flip) == ("nearest", "nearest", True)
     assert (data.photometric_p, data.crop_p, model.dropout) == (0.0, 0.0, 0.0)
@@ -294,7 +296,7 @@ def _documented_fits(document: Path) -> list[list[str]]:
 @pytest.mark.slow
 def test_the_readme_lists_every_experiment() -> None:
     """Each documented ``fskd fit`` parses; README.md has one for every experiment of the paper grid and the
-    synthetic runs (fskd_hint and hkd are only mentioned)."""
+    synthetic runs and fskd_cross (fskd_hint and hkd are only mentioned)."""
     runs = {}
     for document in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
         for args in _documented_fits(document):

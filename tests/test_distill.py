@@ -88,7 +88,7 @@ def test_every_method_gives_a_finite_loss_with_gradients(method: str, tmp_path: 
     assert module.backbone.conv1.weight.grad is not None
     assert all(p.grad is None for p in module.teacher.parameters())
     assert module.distill_weight == module.distill_loss.default_weight
-    assert (module.hints is not None) == (method in ("fskd_hint", "fitnet"))
+    assert (module.hints is not None) == (method in ("fskd_hint", "fitnet", "fskd_cross"))
 
 
 MOBILEFACENET = {"backbone": "mobilefacenet", "neck": "gdc", "width": 0.25, "embedding_size": 32, "num_classes": 7}

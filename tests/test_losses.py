@@ -14,6 +14,7 @@ from fskd.losses import (
     DISTILL_NAMES,
     AttentionSimilarityLoss,
     AttentionTransferLoss,
+    CrossSampleFeatureSimilarityLoss,
     FeatureSimilarityLoss,
     FitNetLoss,
     HintAdapters,
@@ -385,24 +386,27 @@ def test_factory_builds_each_loss_with_kwargs():
         "at": AttentionTransferLoss,
         "rkd": RelationalKDLoss,
         "hkd": LogitKDLoss,
+        "fskd_cross": CrossSampleFeatureSimilarityLoss,
     }
     assert set(DISTILL_NAMES) == set(expected_classes) == set(DISTILL_LOSSES)
     for name, loss_class in expected_classes.items():
         assert type(create_distill_loss(name)) is loss_class
     # The authors' configuration of each method (their later code's --distill_type handling).
-    assert {n for n, c in DISTILL_LOSSES.items() if c.needs_hint} == {"fskd_hint", "fitnet"}
+    assert {n for n, c in DISTILL_LOSSES.items() if c.needs_hint} == {"fskd_hint", "fitnet", "fskd_cross"}
+    assert {n for n, c in DISTILL_LOSSES.items() if c.needs_positives} == {"fskd_cross"}
     assert {n: c.inputs for n, c in DISTILL_LOSSES.items()} == {
         "fskd": "features", "fskd_hint": "features", "askd": "attention", "fitnet": "features",
-        "at": "features", "rkd": "embedding", "hkd": "logits"}
+        "at": "features", "rkd": "embedding", "hkd": "logits", "fskd_cross": "features"}
     assert {n: c.default_weight for n, c in DISTILL_LOSSES.items()} == {
-        "fskd": 20.0, "fskd_hint": 20.0, "askd": 80.0, "fitnet": 1.5, "at": 1000.0, "rkd": 40.0, "hkd": 1.0}
+        "fskd": 20.0, "fskd_hint": 20.0, "askd": 80.0, "fitnet": 1.5, "at": 1000.0, "rkd": 40.0, "hkd": 1.0,
+        "fskd_cross": 20.0}
     assert create_distill_loss("hkd", temperature=2.0).temperature == 2.0
     assert create_distill_loss("rkd", distance_weight=3.0).distance_weight == 3.0
 
 
 def test_factory_errors():
     expected = (
-        "unknown distillation loss 'F_SKD'; expected one of: fskd, fskd_hint, askd, fitnet, at, rkd, hkd"
+        "unknown distillation loss 'F_SKD'; expected one of: fskd, fskd_hint, askd, fitnet, at, rkd, hkd, fskd_cross"
     )
     with pytest.raises(ValueError, match=expected):
         create_distill_loss("F_SKD")

@@ -15,6 +15,11 @@ Training batches become ``{"hr", "lr", "label"}``: ``hr`` the (flipped) normalis
 degraded by the training resolution policy (``lr is hr`` for policy 112). The teacher and the no-distillation
 baselines train on ``lr``; the distillation student sees ``lr`` while its teacher sees ``hr``.
 
+With a positives table (`set_positives`, for ``fskd_cross``) each training sample also brings a positive image
+(another image of its identity, `fskd.data.positives`), and batches gain ``hr_positive``, ``lr_positive`` and
+``has_positive``. The positives get the same flip rule and degradation policy with their own draws, made after
+the anchors' from the same generator, so the anchors' views are exactly those of a run without positives.
+
 Evaluation batches become ``{"image", "flipped", "index"}`` for one (verification set, resolution) pair per
 dataloader; `val_specs` lists them in dataloader order.
 """
@@ -36,6 +41,7 @@ from fskd.data.degrade import MODES, RANDOM_MODES, Degradation, DegradationPlan,
 from fskd.data.errors import DataFormatError
 from fskd.data.folder import VERIFICATION_SETS
 from fskd.data.images import IMAGE_SIZE, normalize
+from fskd.data.positives import PositiveTable
 from fskd.data.sampler import ResumableSampler
 
 log = logging.getLogger(__name__)
@@ -85,20 +91,62 @@ class _Augmented(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _reseed(self, index: int, epoch: int) -> None:
+    def _reseed(self, words: Sequence[int]) -> None:
         transforms = list(self.transform.transforms)
-        seeds = np.random.SeedSequence([self.seed, epoch, index]).generate_state(len(transforms) + 1)
+        seeds = np.random.SeedSequence([self.seed, *words]).generate_state(len(transforms) + 1)
         self.transform.set_random_seed(int(seeds[0]))
         # Distinct seeds per transform: one shared seed would make their random draws identical (correlated).
         for transform, seed in zip(transforms, seeds[1:], strict=True):
             transform.set_random_seed(int(seed))
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
-        self._reseed(int(index), int(epoch))
+    def augmented(self, index: int, words: Sequence[int]) -> dict[str, Any]:
+        """Item ``index`` with the pipeline seeded from ``(seed, *words)``."""
+        self._reseed([int(word) for word in words])
         item = dict(self.dataset[index])
         image = item["image"].permute(1, 2, 0).numpy()
         item["image"] = torch.from_numpy(self.transform(image=image)["image"]).permute(2, 0, 1).contiguous()
+        return item
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        return self.augmented(index, (epoch, index))
+
+
+#: Last seed word of a positive's augmentation (an anchor's seed words are ``(seed, epoch, index)``).
+POSITIVE_AUGMENTATION_STREAM = 1
+
+
+class _WithPositives(Dataset):
+    """Adds a positive image to each training item: ``{"image", "label", "positive", "has_positive"}``.
+
+    Keys are ``(index, epoch)`` pairs as for `_Augmented`. The positive is `PositiveTable.draw` of the index:
+    uniform over its candidates and a function of ``(seed, epoch, index)``; an image without a candidate is
+    paired with itself and ``has_positive`` False. With augmentation, the positive is augmented independently
+    of its anchor, seeded from ``(seed, epoch, index, POSITIVE_AUGMENTATION_STREAM)``.
+    """
+
+    def __init__(self, dataset: Dataset, table: PositiveTable, seed: int = 0) -> None:
+        if len(table) != len(dataset):
+            raise ValueError(f"the positives table covers {len(table)} images, the training set has {len(dataset)}")
+        self.dataset = dataset
+        self.table = table
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = (int(k) for k in key) if isinstance(key, tuple) else (int(key), 0)
+        augmented = isinstance(self.dataset, _Augmented)
+        item = dict(self.dataset[(index, epoch)] if augmented else self.dataset[index])
+        positive = self.table.draw(index, self.seed, epoch)
+        if positive is None:
+            item["positive"], item["has_positive"] = item["image"], False
+        elif augmented:
+            words = (epoch, index, POSITIVE_AUGMENTATION_STREAM)
+            item["positive"], item["has_positive"] = self.dataset.augmented(positive, words)["image"], True
+        else:
+            item["positive"], item["has_positive"] = self.dataset[positive]["image"], True
         return item
 
 
@@ -222,6 +270,11 @@ class FaceDataModule(L.LightningDataModule):
             self._opened_train_set = open_training_set(self.root, self.image_size)
         return self._opened_train_set
 
+    def training_images(self) -> Dataset:
+        """The training set as stored (`open_training_set`: uint8 ``image`` and ``label`` items, no augmentation,
+        no positives): what a teacher embeds to mine positives."""
+        return self._base_training_set()
+
     def _world_size(self) -> int:
         trainer = getattr(self, "trainer", None)
         return trainer.world_size if trainer is not None else 1
@@ -283,6 +336,29 @@ class FaceDataModule(L.LightningDataModule):
                 self.val_datasets.append(dataset)
                 self.val_specs.append(EvalSpec(name, resolution, cross, dataset.issame))
 
+    # -- positives ---------------------------------------------------------------------------------------------
+    @property
+    def positives(self) -> PositiveTable | None:
+        """The positives table set by `set_positives` (None: batches carry no positive)."""
+        return self.train_set.table if isinstance(self.train_set, _WithPositives) else None
+
+    def set_positives(self, table: PositiveTable | None) -> None:
+        """Pair every training sample with a positive drawn from ``table`` (global dataset indices, so every
+        process reads the same table); None removes the pairing. Call before the training loader is made (the
+        fit-start step of `fskd.systems.DistillModule` does)."""
+        if self.train_set is None:
+            train_set = self._base_training_set()
+            self._check_classes(train_set)
+            self.train_set = self._with_augmentation(train_set)
+        base = self.train_set.dataset if isinstance(self.train_set, _WithPositives) else self.train_set
+        self.train_set = base if table is None else _WithPositives(base, table, seed=self.seed)
+        if self.train_sampler is not None:
+            # A loader made earlier: its next iterator must yield (index, epoch) keys for the positives' draws.
+            self.train_sampler.with_epoch = self._keys_with_epoch()
+
+    def _keys_with_epoch(self) -> bool:
+        return isinstance(self.train_set, (_Augmented, _WithPositives))
+
     def _with_augmentation(self, dataset: Dataset) -> Dataset:
         if not (self.photometric_p or self.crop_p):
             return dataset
@@ -313,7 +389,7 @@ class FaceDataModule(L.LightningDataModule):
         batch_size = self.per_device_batch_size()
         sampler = ResumableSampler(self.train_set, batch_size * self._world_size(), self._world_size(),
                                    self._rank(), seed=self.seed, drop_last=self.drop_last,
-                                   with_epoch=isinstance(self.train_set, _Augmented))
+                                   with_epoch=self._keys_with_epoch())
         position = self.train_sampler.state_dict() if self.train_sampler is not None else self._pending_position
         if position is not None:
             sampler.load_state_dict(position)
@@ -343,7 +419,8 @@ class FaceDataModule(L.LightningDataModule):
     # -- on-device transforms ----------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, Any]:
         if "label" in batch:
-            views = self.training_views(batch["image"], batch["label"])
+            views = self.training_views(batch["image"], batch["label"], batch.get("positive"),
+                                        batch.get("has_positive"))
             if self.train_sampler is not None:
                 # This batch reaches the model: the position moves with the generator that just drew for it.
                 self.train_sampler.advance(batch["label"].shape[0] * self._world_size())
@@ -354,12 +431,25 @@ class FaceDataModule(L.LightningDataModule):
             return {"image": image, "index": batch["index"]}
         return self.evaluation_views(batch["image"], batch["index"], self.val_specs[dataloader_idx])
 
-    def training_views(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def training_views(self, images: torch.Tensor, labels: torch.Tensor, positives: torch.Tensor | None = None,
+                       has_positive: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Flip, normalise and degrade one training batch; HR and LR views share the same flip.
 
         The draws are made for the global batch (this batch times the number of processes) and this process
-        keeps those of its slots ``rank, rank + W, ...``, the slots `ResumableSampler` gives it.
+        keeps those of its slots ``rank, rank + W, ...``, the slots `ResumableSampler` gives it. ``positives``
+        (uint8, like ``images``) get the same treatment with their own draws, made after all of the anchors'
+        (``has_positive`` defaults to all True).
         """
+        hr, lr = self._flip_and_degrade(images)
+        views = {"hr": hr, "lr": lr, "label": labels.long()}
+        if positives is not None:
+            views["hr_positive"], views["lr_positive"] = self._flip_and_degrade(positives)
+            views["has_positive"] = (torch.ones(positives.shape[0], dtype=torch.bool, device=positives.device)
+                                     if has_positive is None else has_positive.to(positives.device, torch.bool))
+        return views
+
+    def _flip_and_degrade(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hr, lr) of a uint8 batch, drawing its flips and then its degradation plan from the generator."""
         world, rank = self._world_size(), self._rank()
         total = images.shape[0] * world
         if self.flip:
@@ -369,13 +459,11 @@ class FaceDataModule(L.LightningDataModule):
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         hr = normalize(images)
         if self.degradation.is_identity:
-            lr = hr
-        else:
-            plan = self.degradation.sample(total, self.generator)
-            mine = DegradationPlan(plan.resolution[rank::world], plan.down_mode[rank::world],
-                                   plan.up_mode[rank::world])
-            lr = self.degradation.apply(hr, mine)
-        return {"hr": hr, "lr": lr, "label": labels.long()}
+            return hr, hr
+        plan = self.degradation.sample(total, self.generator)
+        mine = DegradationPlan(plan.resolution[rank::world], plan.down_mode[rank::world],
+                               plan.up_mode[rank::world])
+        return hr, self.degradation.apply(hr, mine)
 
     def evaluation_views(self, images: torch.Tensor, index: torch.Tensor, spec: EvalSpec) -> dict[str, torch.Tensor]:
         """Degrade a verification batch deterministically; the flipped copy is the flip of the degraded image."""

@@ -2,8 +2,9 @@
 
 Every loss takes (student, teacher) inputs, detaches the teacher, computes in float32 and returns the
 UNWEIGHTED scalar. Each loss class declares its own metadata (`DistillationLoss`: ``name``, ``inputs``,
-``needs_hint``, ``same_channels``, ``default_weight``), which the training system reads; `DISTILL_LOSSES` is
-derived from it.
+``needs_hint``, ``same_channels``, ``default_weight``, ``needs_positives``), which the training system reads;
+`DISTILL_LOSSES` is derived from it. `CrossSampleRelationLoss` is not a method of its own: it is the second
+term of ``fskd_cross``, on anchor and positive maps.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from fskd.losses.baselines import (
     LogitKDLoss,
     RelationalKDLoss,
 )
+from fskd.losses.cross import CrossSampleFeatureSimilarityLoss, CrossSampleRelationLoss
 from fskd.losses.fskd import FeatureSimilarityLoss, HintedFeatureSimilarityLoss
 
 #: Loss class per distillation method name, derived from each class's ``name``.
 DISTILL_LOSSES: dict[str, type[DistillationLoss]] = {
     loss.name: loss
     for loss in (FeatureSimilarityLoss, HintedFeatureSimilarityLoss, AttentionSimilarityLoss, FitNetLoss,
-                 AttentionTransferLoss, RelationalKDLoss, LogitKDLoss)
+                 AttentionTransferLoss, RelationalKDLoss, LogitKDLoss, CrossSampleFeatureSimilarityLoss)
 }
 
 DISTILL_NAMES: tuple[str, ...] = tuple(DISTILL_LOSSES)
@@ -55,6 +57,8 @@ __all__ = [
     "DISTILL_NAMES",
     "AttentionSimilarityLoss",
     "AttentionTransferLoss",
+    "CrossSampleFeatureSimilarityLoss",
+    "CrossSampleRelationLoss",
     "DistillationLoss",
     "FeatureSimilarityLoss",
     "FitNetLoss",

@@ -16,7 +16,9 @@ class DistillationLoss(nn.Module):
       ``"embedding"`` or ``"logits"``;
     * ``needs_hint``: the student stage maps pass through ``HintAdapters`` first (the teacher's stay raw);
     * ``same_channels``: teacher and student stage maps must have the same channel counts;
-    * ``default_weight``: the weight of the authors' scripts.
+    * ``default_weight``: the weight of the authors' scripts;
+    * ``needs_positives``: training also needs a positive image per sample (another image of its identity),
+      mined with the teacher (``fskd_cross``).
     """
 
     name: ClassVar[str]
@@ -24,3 +26,4 @@ class DistillationLoss(nn.Module):
     needs_hint: ClassVar[bool] = False
     same_channels: ClassVar[bool] = True
     default_weight: ClassVar[float]
+    needs_positives: ClassVar[bool] = False
