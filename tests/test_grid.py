@@ -31,6 +31,11 @@ def test_without_askd_there_is_no_cbam_teacher() -> None:
                                       "base_multi_seed0"]
 
 
+def test_askd_alone_trains_only_the_cbam_teacher() -> None:
+    assert [m.name for m in models(PRESETS["cpu"], ["askd"], seeds=[0])] == ["teacher_cbam_112_seed0",
+                                                                                  "askd_14_seed0"]
+
+
 def _rows(table: dict[tuple[str, str, int, int], float]) -> list[dict]:
     return [{"method": m, "train": t, "resolution": r, "seed": s, "acc": a} for (m, t, r, s), a in table.items()]
 
@@ -88,7 +93,7 @@ def test_a_grid_run_writes_rows_per_model_and_resumes_without_refitting(tmp_path
     assert len(rows) == 4 * (1 + 4 + 1)
     with (out / "results.csv").open() as handle:
         assert tuple(next(csv.reader(handle))) == COLUMNS
-    teacher_marker = out / "models" / "teacher_112_seed0" / "fit_done.json"
+    (teacher_marker,) = (out / "models").glob("*/teacher_112_seed0/fit_done.json")
     stamp = teacher_marker.stat().st_mtime_ns
 
     assert main([*common, "--methods", "teacher", "base", "fskd"]) == 0

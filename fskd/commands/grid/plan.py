@@ -100,7 +100,8 @@ def models(preset: GridPreset, methods: Sequence[str], seeds: Sequence[int] | No
     ``other_seeds`` rounds hold every student, the later ones only the 14 px base and F-SKD students)."""
     seeds = tuple(seeds if seeds is not None else preset.seeds)
     wanted = set(methods)
-    teachers = [Model("teacher", "112", 0)] if wanted - {"teacher"} or "teacher" in wanted else []
+    # The HR teacher serves every student but A-SKD's, which has its own CBAM teacher.
+    teachers = [Model("teacher", "112", 0)] if wanted - {"askd"} else []
     if "askd" in wanted:
         teachers.append(Model("teacher_cbam", "112", 0))
     students = [Model(method, train, seed)
@@ -157,7 +158,9 @@ class Grid:
 
     # -- one model ---------------------------------------------------------------------------------------------
     def folder(self, model: Model) -> Path:
-        return self.out / "models" / model.name
+        """``models/<stamp>/<name>``: a fit's arguments do not show what data it saw, so models made for another
+        preset or generator (whose data were re-rendered into ``data/``) are never taken for this one's."""
+        return self.out / "models" / self.stamp / model.name
 
     def teacher_checkpoint(self, model: Model) -> Path:
         teacher = Model("teacher_cbam" if model.cbam else "teacher", "112", 0)
