@@ -97,6 +97,18 @@ def test_missing_and_out_of_range_indices_raise():
         metric.compute()
 
 
+def test_missing_images_name_the_batch_limits_that_cut_a_set_short():
+    embeddings, flipped, issame = make_set()
+    metric = VerificationMetric(issame)
+    metric.update(torch.arange(40), embeddings[:40], flipped[:40])
+    with pytest.raises(RuntimeError, match=r"80 of 120 verification images are missing \(e\.g\. indices "
+                                           r"\[40, 41, 42, 43, 44\]\); was the whole set evaluated\? The 10-fold "
+                                           r"protocol needs every pair: a --trainer\.limit_val_batches \(or "
+                                           r"limit_test_batches, fast_dev_run\) other than 0 or 1\.0 cuts a set "
+                                           r"short \(FaceDataModule refuses one at setup\)$"):
+        metric.compute()
+
+
 def test_constructor_and_update_validation():
     issame = np.zeros(60, dtype=bool)
     with pytest.raises(ValueError, match=r"number of pairs \(55\) must be a positive multiple of folds"):

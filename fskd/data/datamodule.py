@@ -22,21 +22,45 @@ the anchors' from the same generator, so the anchors' views are exactly those of
 
 Evaluation batches become ``{"image", "flipped", "index"}`` for one (verification set, resolution) pair per
 dataloader; `val_specs` lists them in dataloader order.
+
+Checks at setup, before the first training step: the verification sets are found (a file that differs from the
+expected name only in case, ``LFW.bin`` for ``lfw``, is an error naming both) and listed once in the log; every
+one of their images is read and decoded (`PairImageDataset.check_images`, a few seconds for the three standard
+sets; skipped when the trainer's limit below is 0); the listed files of the folder layout exist; an empty
+evaluation grid (``val_resolutions: []`` or ``val_sets: []``) and a ``limit_val_batches``/``limit_test_batches``
+that would cut a set short are refused unless the limit is 0, which turns evaluation off (the 10-fold protocol
+needs every pair of a set).
+
+Loader processes: only the training loader keeps persistent workers (``num_workers``, prefetch 4). Evaluation
+loaders (validation, test, predict) start ``val_num_workers`` workers (default ``min(num_workers, 2)``, prefetch
+2) when they are iterated and stop them at their end; Lightning iterates the dataloaders of one validation one
+after another, so at most one evaluation loader has workers at a time, however many (set, resolution) pairs
+there are. docs/benchmarks.md ("Loader processes and shared memory") gives the figures for the real config.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from fskd.data.datasets import has_verification_set, open_training_set, open_verification_set, read_property
+from fskd.data.datasets import (
+    PairImageDataset,
+    has_verification_set,
+    miscased_verification_files,
+    open_training_set,
+    open_verification_set,
+    read_property,
+)
 from fskd.data.degrade import MODES, RANDOM_MODES, Degradation, DegradationPlan, degrade_fixed
 from fskd.data.errors import DataFormatError
 from fskd.data.folder import VERIFICATION_SETS
@@ -182,6 +206,9 @@ class FaceDataModule(L.LightningDataModule):
         val_sets: verification sets to evaluate; ``None`` = those of agedb_30, lfw, cfp_fp that exist in root.
         val_resolutions: evaluation resolutions, e.g. ``[112, 56, 28, 14]``; ``cross14`` for HR-vs-14 pairs.
         val_interpolation: fixed degradation mode for evaluation (``nearest`` as the paper-era code).
+        val_batch_size: images per evaluation batch and process.
+        val_num_workers: loader workers of each evaluation (validation, test, predict) loader, started when it is
+            iterated and stopped at its end (not persistent); ``None`` = ``min(num_workers, 2)``.
         drop_last: drop the last, partial global batch of each epoch; by default it is completed with the first
             samples of the same epoch's order, so that every batch is full whatever the number of processes.
         seed: seed of the training order (`fskd.data.sampler.ResumableSampler`), of the flip/degradation generator
@@ -206,6 +233,7 @@ class FaceDataModule(L.LightningDataModule):
         val_resolutions: Sequence[int | str] = (112, 56, 28, 14),
         val_interpolation: str = "nearest",
         val_batch_size: int = 256,
+        val_num_workers: int | None = None,
         drop_last: bool = False,
         pin_memory: bool = True,
         image_size: int = IMAGE_SIZE,
@@ -227,6 +255,11 @@ class FaceDataModule(L.LightningDataModule):
             raise ValueError(f"val_interpolation {val_interpolation!r} not in {MODES}")
         self.val_interpolation = val_interpolation
         self.val_batch_size = val_batch_size
+        if val_num_workers is not None and val_num_workers < 0:
+            raise ValueError(f"val_num_workers must be >= 0, got {val_num_workers}")
+        # 12 evaluation loaders (3 sets x 4 resolutions) of num_workers persistent processes each held ~100
+        # processes; two per loader, one loader at a time, cost ~10-20 s of decoding per validation instead.
+        self.val_num_workers = min(num_workers, 2) if val_num_workers is None else val_num_workers
         self.drop_last = drop_last
         self.pin_memory = pin_memory
         self.image_size = image_size
@@ -235,6 +268,8 @@ class FaceDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_datasets: list = []
         self.val_specs: list[EvalSpec] = []
+        self._verification_opened = False
+        self._verification_checked = False
         self.predict_source = predict_source
         self.predict_resolution, _ = _parse_resolution(predict_resolution, image_size)
         self.predict_set: Dataset | None = None
@@ -300,8 +335,15 @@ class FaceDataModule(L.LightningDataModule):
             train_set = self._base_training_set()
             self._check_classes(train_set)
             self.train_set = self._with_augmentation(train_set)
-        if not self.val_specs:
+        if stage == "predict" and self.predict_source is not None:
+            return  # embedding a folder or .rec: the verification sets are not read
+        if not self._verification_opened:
             self._setup_verification()
+        evaluates = self._check_evaluation_limit(stage)
+        if evaluates and not self._verification_checked:
+            for dataset in dict.fromkeys(self.val_datasets):
+                dataset.check_images()
+            self._verification_checked = True
 
     def _check_classes(self, train_set: Dataset) -> None:
         """Fail before training when ``property`` contradicts the training set: fewer classes than the record
@@ -325,16 +367,70 @@ class FaceDataModule(L.LightningDataModule):
     def _setup_verification(self) -> None:
         names = self.val_sets
         if names is None:
-            names = [n for n in VERIFICATION_SETS if has_verification_set(self.root, n)]
+            names = []
+            for name in VERIFICATION_SETS:
+                if has_verification_set(self.root, name):
+                    names.append(name)
+                elif miscased_verification_files(self.root, name):
+                    open_verification_set(self.root, name, self.image_size)  # raises, naming the file found
             if not names:
                 log.warning("no verification set (%s) in %s: validation is skipped", VERIFICATION_SETS, self.root)
-        for name in names:
-            dataset = open_verification_set(self.root, name, self.image_size)
+        datasets = [open_verification_set(self.root, name, self.image_size) for name in names]
+        for dataset in datasets:
             if dataset.num_pairs % 10:
                 raise ValueError(f"{dataset.source}: {dataset.num_pairs} pairs cannot form 10 folds")
             for resolution, cross in self.val_resolutions:
                 self.val_datasets.append(dataset)
-                self.val_specs.append(EvalSpec(name, resolution, cross, dataset.issame))
+                self.val_specs.append(EvalSpec(dataset.name, resolution, cross, dataset.issame))
+        self._verification_opened = True
+        if datasets:
+            rank_zero_info(self._verification_summary(datasets))
+
+    def _verification_summary(self, datasets: Sequence[PairImageDataset]) -> str:
+        """One line: the sets evaluated (file, pairs), the resolutions, and verification files left out."""
+        root = Path(self.root)
+        sets = ", ".join(f"{d.name} ({Path(d.source).relative_to(root).as_posix()}, {d.num_pairs} pairs)"
+                         for d in datasets)
+        tags = ", ".join(f"cross{r}" if cross else str(r) for r, cross in self.val_resolutions)
+        line = f"verification sets in {root}: {sets}; resolutions: {tags or 'none'}"
+        used = {d.name for d in datasets}
+        others = sorted({p.name for p in root.glob("*.bin") if p.stem not in used}
+                        | {f"evaluation/{p.name}" for p in root.glob("evaluation/*.txt") if p.stem not in used})
+        if others:
+            line += f"; not evaluated: {', '.join(others)} (add them to --data.val_sets)"
+        return line
+
+    def _check_evaluation_limit(self, stage: str | None) -> bool:
+        """Refuse, before training, an evaluation that Lightning would run but could not complete: an empty
+        (set, resolution) grid, or a batch limit that cuts a set short (its 10-fold protocol needs every pair,
+        and the metric would fail at the first validation). A limit of 0 turns evaluation off and is accepted:
+        False then (the verification images need no decoding check), else True."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or stage == "predict":
+            return True  # no evaluation loop to check (without a trainer the sets are read directly)
+        option = "limit_test_batches" if stage == "test" else "limit_val_batches"
+        limit = getattr(trainer, option, 1.0)
+        if limit == 0:
+            return False
+        if self.val_sets == [] or not self.val_resolutions:
+            empty = "val_sets" if self.val_sets == [] else "val_resolutions"
+            raise ValueError(f"--data.{empty} is empty, so there is nothing to evaluate; pass --trainer.{option} 0 "
+                             "to run without evaluation")
+        fast_dev_run = " (set by --trainer.fast_dev_run)" if getattr(trainer, "fast_dev_run", False) else ""
+        world = self._world_size()
+        for dataset in dict.fromkeys(self.val_datasets):
+            # Lightning's DistributedSampler gives each process ceil(N / world) images (padding by repeats).
+            batches = math.ceil(math.ceil(len(dataset) / world) / self.val_batch_size)
+            if isinstance(limit, float):
+                kept = batches if limit >= 1.0 else int(batches * limit)  # Lightning's rounding of a fraction
+            else:
+                kept = min(int(limit), batches)
+            if kept < batches:
+                raise ValueError(f"--trainer.{option} {limit}{fast_dev_run} would evaluate {kept} of the {batches} "
+                                 f"batches of verification set {dataset.name} per process, and its 10-fold protocol "
+                                 f"needs every pair: pass --trainer.{option} 0 to run without evaluation, or 1.0 "
+                                 "for the whole sets")
+        return True
 
     # -- positives ---------------------------------------------------------------------------------------------
     @property
@@ -374,13 +470,17 @@ class FaceDataModule(L.LightningDataModule):
 
     # -- loaders -----------------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, batch_size: int, sampler: ResumableSampler | None = None,
-                loader_class: type[DataLoader] = DataLoader) -> DataLoader:
+                loader_class: type[DataLoader] = DataLoader, training: bool = False) -> DataLoader:
+        # Only the training loader keeps its workers between epochs; an evaluation loader's workers live while it
+        # is iterated, so one validation holds one loader's workers at a time (see the module docstring).
+        workers = self.num_workers if training else self.val_num_workers
+        prefetch = 4 if training else 2
         # An own generator: creating an iterator then draws worker seeds from it, not from the global torch RNG,
         # so validation and new epochs leave the global RNG (dropout) exactly where an uninterrupted run has it.
-        return loader_class(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+        return loader_class(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                             pin_memory=self.pin_memory and torch.cuda.is_available(),
-                            persistent_workers=self.num_workers > 0,
-                            prefetch_factor=4 if self.num_workers else None,
+                            persistent_workers=training and workers > 0,
+                            prefetch_factor=prefetch if workers else None,
                             generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
@@ -394,7 +494,7 @@ class FaceDataModule(L.LightningDataModule):
         if position is not None:
             sampler.load_state_dict(position)
         self.train_sampler, self._pending_position = sampler, None
-        return self._loader(self.train_set, batch_size, sampler, loader_class=_TrainLoader)
+        return self._loader(self.train_set, batch_size, sampler, loader_class=_TrainLoader, training=True)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(d, self.val_batch_size) for d in self.val_datasets]
@@ -409,6 +509,13 @@ class FaceDataModule(L.LightningDataModule):
             from fskd.data.sources import PredictionImages
 
             self.predict_set = PredictionImages(self.predict_source, self.image_size)
+        world = self._world_size()
+        if len(self.predict_set) < world:
+            # Lightning's predict sampler splits the images without repeats and asserts that every process gets
+            # one; say so with the numbers instead.
+            raise ValueError(f"{self.predict_source}: {len(self.predict_set)} image(s) to embed over {world} "
+                             f"processes, and every process needs at least one: run at most "
+                             f"{len(self.predict_set)} processes")
         return self._loader(self.predict_set, self.val_batch_size)
 
     @property

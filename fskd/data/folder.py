@@ -43,14 +43,19 @@ def _resolve(root: Path, text: str) -> Path:
     return path
 
 
-def read_train_list(root: str | os.PathLike) -> tuple[list[Path], np.ndarray]:
-    """Read ``<root>/train.list`` -> (image paths, int64 labels)."""
+def read_train_list(root: str | os.PathLike, check_files: bool = False) -> tuple[list[Path], np.ndarray]:
+    """Read ``<root>/train.list`` -> (image paths, int64 labels).
+
+    With ``check_files`` every listed file must exist (one ``stat`` each): a missing one raises `DataFormatError`
+    naming the list, the line of the first missing file and how many are missing, before any training step.
+    """
     root = Path(root)
     list_path = root / TRAIN_LIST
     if not list_path.is_file():
         raise FileNotFoundError(f"{list_path}: no training list (expected '<path> <class>' lines)")
     paths: list[Path] = []
     labels: list[int] = []
+    lines: list[int] = []
     with open(list_path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -63,19 +68,43 @@ def read_train_list(root: str | os.PathLike) -> tuple[list[Path], np.ndarray]:
                 raise DataFormatError(list_path, f"line {number} has a negative class {label}")
             paths.append(_resolve(root, fields[0].strip()))
             labels.append(label)
+            lines.append(number)
     if not paths:
         raise DataFormatError(list_path, "the training list is empty")
+    if check_files:
+        missing = [position for position, path in enumerate(paths) if not path.is_file()]
+        if missing:
+            first = missing[0]
+            raise DataFormatError(list_path, f"line {lines[first]}: listed image {paths[first]} does not exist "
+                                  f"({len(missing)} of {len(paths)} listed images are missing)")
     return paths, np.asarray(labels, dtype=np.int64)
 
 
-def read_pair_list(root: str | os.PathLike, name: str) -> tuple[list[Path], np.ndarray]:
-    """Read ``<root>/evaluation/<name>.txt`` -> (2P image paths, pair i = 2i and 2i+1; P bools)."""
+def read_pair_list(root: str | os.PathLike, name: str,
+                   check_files: bool = False) -> tuple[list[Path], np.ndarray]:
+    """Read ``<root>/evaluation/<name>.txt`` -> (2P image paths, pair i = 2i and 2i+1; P bools).
+
+    ``check_files``: as for `read_pair_list_with_lines`.
+    """
+    images, issame, _ = read_pair_list_with_lines(root, name, check_files)
+    return images, issame
+
+
+def read_pair_list_with_lines(root: str | os.PathLike, name: str,
+                              check_files: bool = False) -> tuple[list[Path], np.ndarray, list[int]]:
+    """`read_pair_list` plus the line of the list that holds each pair (blank lines are skipped, so pair i is not
+    always line i + 1).
+
+    With ``check_files`` both images of every pair must exist: a missing one raises `DataFormatError` naming the
+    list, the line and image of the first missing file and how many are missing.
+    """
     evaluation = Path(root) / "evaluation"
     list_path = evaluation / f"{name}.txt"
     if not list_path.is_file():
         raise FileNotFoundError(f"{list_path}: no pair list for verification set {name!r}")
     images: list[Path] = []
     issame: list[bool] = []
+    lines: list[int] = []
     with open(list_path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             fields = line.split()
@@ -85,9 +114,17 @@ def read_pair_list(root: str | os.PathLike, name: str) -> tuple[list[Path], np.n
                 raise DataFormatError(list_path, f"line {number} is not '<a> <b> 1|-1': {line.rstrip()!r}")
             images += [evaluation / name / fields[0], evaluation / name / fields[1]]
             issame.append(fields[2] == "1")
+            lines.append(number)
     if not issame:
         raise DataFormatError(list_path, "the pair list is empty")
-    return images, np.asarray(issame, dtype=bool)
+    if check_files:
+        missing = [position for position, path in enumerate(images) if not path.is_file()]
+        if missing:
+            first = missing[0]
+            raise DataFormatError(list_path, f"line {lines[first // 2]}: image {first} (pair {first // 2}) "
+                                  f"{images[first]} does not exist ({len(missing)} of {len(images)} listed images "
+                                  "are missing)")
+    return images, np.asarray(issame, dtype=bool), lines
 
 
 def _image_suffix(data: bytes) -> str:

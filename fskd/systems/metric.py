@@ -94,7 +94,9 @@ class VerificationMetric(Metric):
             missing = np.setdiff1d(np.arange(self.num_images), unique_indices)
             raise RuntimeError(
                 f"{missing.size} of {self.num_images} verification images are missing "
-                f"(e.g. indices {missing[:5].tolist()}); was the whole set evaluated?"
+                f"(e.g. indices {missing[:5].tolist()}); was the whole set evaluated? The 10-fold protocol needs "
+                "every pair: a --trainer.limit_val_batches (or limit_test_batches, fast_dev_run) other than 0 or "
+                "1.0 cuts a set short (FaceDataModule refuses one at setup)"
             )
         results = evaluate_pairs(
             embeddings[first_position], flipped[first_position], self.issame, self.protocols, self.folds
