@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
@@ -154,6 +154,36 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
+class StreamingTable:
+    """A markdown table printed as it grows: the title and header at once, then each row as soon as it is
+    known, flushed, so that a run stopped by a time limit (benchmarks/gpu.sh) keeps every finished row.
+
+    What it prints is exactly ``### title``, a blank line and ``markdown_table(headers, rows)`` (`text`).
+    """
+
+    def __init__(self, title: str, headers: Sequence[str], stream: TextIO | None = None) -> None:
+        self.title = title
+        self.headers = list(headers)
+        self.rows: list[list[object]] = []
+        self.stream = stream if stream is not None else sys.stdout
+        self._write(f"### {title}\n\n" + markdown_table(self.headers, []) + "\n")
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+    def row(self, cells: Sequence[object]) -> None:
+        """Print one row now (one cell per header)."""
+        if len(cells) != len(self.headers):
+            raise ValueError("every row needs one cell per header")
+        self.rows.append(list(cells))
+        self._write("| " + " | ".join(str(cell) for cell in cells) + " |\n")
+
+    def text(self) -> str:
+        """The table printed so far (without the title)."""
+        return markdown_table(self.headers, self.rows)
+
+
 def fmt(value: float, digits: int = 3) -> str:
     """A number with ``digits`` significant digits (no scientific notation for everyday magnitudes)."""
     if value == 0 or not (1 <= abs(value) < 1e7):
@@ -161,11 +191,15 @@ def fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{max(digits - len(str(int(abs(value)))), 0)}f}"
 
 
-def report(title: str, table: str, info: dict[str, Any], args: argparse.Namespace, results: dict[str, Any],
-           notes: Sequence[str] = ()) -> None:
-    """Print the title, the table and the notes; write the JSON file when ``--json`` was given."""
-    print(f"### {title}\n")
-    print(table)
+def report(title: str, table: str | StreamingTable, info: dict[str, Any], args: argparse.Namespace,
+           results: dict[str, Any], notes: Sequence[str] = ()) -> None:
+    """Print the title, the table (unless it is a `StreamingTable`, already printed) and the notes; write the
+    JSON file when ``--json`` was given."""
+    if isinstance(table, StreamingTable):
+        table = table.text()
+    else:
+        print(f"### {title}\n")
+        print(table)
     print()
     for note in (f"Machine: {machine_line(info)}.", *notes):
         print(f"* {note}")

@@ -25,12 +25,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
+    StreamingTable,
     autocast,
     base_parser,
     fmt,
     interleaved,
     machine_info,
-    markdown_table,
     report,
     resolve_device,
 )
@@ -96,11 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator).to(device)
     for _ in range(warmup_batches):  # allocator, oneDNN/cuDNN algorithm choice
         embed(backbone, images[: min(args.batch, args.images)], 112, args.batch, device, args.precision)
-    embedders = {r: (lambda r=r: embed(backbone, images, r, args.batch, device, args.precision))
-                 for r in args.resolutions}
-    embed_timings = interleaved(embedders, rounds=1, warmup=0, device=device)
-    embed_seconds = {resolution: embed_timings.median(resolution) for resolution in args.resolutions}
-
     pairs = args.target_images // 2
     rng = np.random.default_rng(0)
     features = rng.standard_normal((args.target_images, 512)).astype(np.float32)
@@ -112,23 +107,30 @@ def main(argv: list[str] | None = None) -> int:
     protocol_seconds = {p: protocol_timings.median(p) for p in ("fskd", "insightface")}
     both = sum(protocol_seconds.values())
 
-    rows, results = [], {"embedding_seconds_measured": embed_seconds, "protocol_seconds": protocol_seconds}
+    # One row per resolution, printed as soon as that resolution is embedded (benchmarks/gpu.sh keeps the rows
+    # finished before a time limit). One round each, in the order given, as one interleaved round would.
+    table = StreamingTable("Verification cost", [
+        "resolution", "embed img/s (image + flip)", f"embed s, {args.target_images:,} images",
+        f"fskd protocol s, {pairs:,} pairs", "insightface protocol s", "total s"])
+    embed_seconds: dict[int, float] = {}
+    results: dict[str, object] = {"embedding_seconds_measured": embed_seconds, "protocol_seconds": protocol_seconds}
     total = 0.0
     for resolution in args.resolutions:
+        timing = interleaved({resolution: lambda r=resolution: embed(backbone, images, r, args.batch, device,
+                                                                     args.precision)},
+                             rounds=1, warmup=0, device=device)
+        embed_seconds[resolution] = timing.median(resolution)
         rate = args.images / embed_seconds[resolution]
         estimate = args.target_images / rate
         total += estimate + both
         results[f"embedding {resolution}"] = {"images_per_second": rate, "seconds_for_target": estimate}
-        rows.append([resolution, fmt(rate), fmt(estimate), fmt(protocol_seconds["fskd"]),
-                     fmt(protocol_seconds["insightface"]), fmt(estimate + both)])
+        table.row([resolution, fmt(rate), fmt(estimate), fmt(protocol_seconds["fskd"]),
+                   fmt(protocol_seconds["insightface"]), fmt(estimate + both)])
     results["total_seconds_for_target"] = total
     per_resolution = total / len(args.resolutions)
     all_sets = total * ALL_SETS_IMAGES / args.target_images
     results["estimated_seconds_all_three_sets"] = all_sets
-    rows.append([f"all {len(args.resolutions)}", "", "", "", "", fmt(total)])
-    table = markdown_table(["resolution", "embed img/s (image + flip)",
-                            f"embed s, {args.target_images:,} images", f"fskd protocol s, {pairs:,} pairs",
-                            "insightface protocol s", "total s"], rows)
+    table.row([f"all {len(args.resolutions)}", "", "", "", "", fmt(total)])
     extrapolated = "measured on all of them" if args.images >= args.target_images else (
         f"embedding measured on {args.images} images and extrapolated")
     notes = [f"{args.backbone} width {args.width}, batch {args.batch} (+ flips), {args.precision} autocast "

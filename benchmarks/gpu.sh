@@ -1,24 +1,36 @@
 #!/usr/bin/env bash
-# GPU benchmarks on one CUDA GPU, in under 8 minutes: F-SKD's real size (iResNet-50 width 1, batch 256, bf16).
+# GPU benchmarks on one CUDA GPU, in under 10 minutes: F-SKD's real size (iResNet-50 width 1, batch 256, bf16,
+# and fp16 = Lightning's 16-mixed).
 #
 #   bash benchmarks/gpu.sh [OUT_DIR]          # default OUT_DIR: $OUT if set, else benchmarks/results
 #   GPU_BENCH_COMPILE=1 bash benchmarks/gpu.sh   # also torch.compile (adds a few minutes of compilation)
+#   PYTHON=python3.11 bash benchmarks/gpu.sh     # any interpreter: a path or a command on PATH
 #
 # Writes OUT_DIR/gpu-benchmarks.md (machine + one table per benchmark) and, per benchmark, NAME.json/.md/.log.
-# Teacher and F-SKD student step img/s, the estimated wall time of the authors' 47,000-iteration recipe
-# (47000 * 256 / img/s, in the training table), batched degradation on the GPU, and AgeDB-30-sized evaluation
-# at 112/56/28/14. The loader benchmark runs on the host CPU (per-core figures, like docs/benchmarks.md).
+# Teacher and F-SKD student step img/s (bf16, and fp16 with a GradScaler / Lightning 16-mixed), the estimated
+# wall time of the authors' 47,000-iteration recipe (47000 * 256 / img/s, in the training tables), batched
+# degradation on the GPU, and AgeDB-30-sized evaluation at 112/56/28/14. The loader benchmark runs on the host
+# CPU (per-core figures, like docs/benchmarks.md). Every table row reaches the report as soon as it is measured,
+# so a benchmark stopped by its time limit (or this script stopped from outside) keeps its finished rows.
 # Needs only the project's environment (PYTHON, default .venv/bin/python, else python3) and nvidia-smi if present.
-# Exits 2 at once, with a message, when no CUDA GPU is visible.
+# Exits 2 at once, with a message, when PYTHON cannot import what the benchmarks need or no CUDA GPU is visible.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PYTHON=${PYTHON:-.venv/bin/python}
-if [[ ! -x "$PYTHON" ]]; then
-    PYTHON=$(command -v python3 || true)
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
-if [[ -z "$PYTHON" ]]; then
-    echo "gpu.sh: no Python found (set PYTHON=/path/to/python of the fskd environment)" >&2
+# A path or a bare command name (python3.11): both are used as given, never replaced by another interpreter.
+RESOLVED=$(command -v "$PYTHON" 2>/dev/null || true)
+if [[ -z "$RESOLVED" || ! -x "$RESOLVED" ]]; then
+    echo "gpu.sh: PYTHON=$PYTHON is neither an executable file nor a command on PATH (set PYTHON=/path/to/python of the fskd environment)" >&2
+    exit 2
+fi
+PYTHON=$RESOLVED
+echo "gpu.sh: using $PYTHON" >&2
+# Every import the benchmarks need, checked before anything runs (not minutes later, in the middle of the report).
+if ! "$PYTHON" benchmarks/preflight.py training degradation evaluation data; then
+    echo "gpu.sh: nothing was run; install the missing packages into that environment, or set PYTHON" >&2
     exit 2
 fi
 if ! command -v nvidia-smi >/dev/null 2>&1 && [[ ! -e /dev/nvidia0 ]]; then
@@ -27,7 +39,7 @@ if ! command -v nvidia-smi >/dev/null 2>&1 && [[ ! -e /dev/nvidia0 ]]; then
     exit 2
 fi
 if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-    echo "gpu.sh: no CUDA GPU is visible to $PYTHON (torch.cuda.is_available() is False, or torch is missing)." >&2
+    echo "gpu.sh: no CUDA GPU is visible to $PYTHON (torch.cuda.is_available() is False)." >&2
     echo "gpu.sh: run it on a machine with an NVIDIA GPU; the CPU benchmarks are benchmarks/*.py without it." >&2
     exit 2
 fi
@@ -50,26 +62,31 @@ START=$(date +%s)
     echo
 } > "$REPORT"
 
-# run NAME SECONDS ARGS...: one benchmark under a time limit; its table goes into the report.
+# run LABEL SCRIPT SECONDS ARGS...: benchmarks/SCRIPT.py under a time limit. Its table goes into the report row by
+# row while it runs (the scripts print and flush each row as it is measured); LABEL names the section and files.
 run() {
-    local name=$1 limit=$2
-    shift 2
-    echo "gpu.sh: $name (at most ${limit}s) ..." >&2
-    local code=0
-    timeout --kill-after=10 "$limit" "$PYTHON" "benchmarks/$name.py" "$@" --json "$OUT_DIR/$name.json" \
-        > "$OUT_DIR/$name.md" 2> "$OUT_DIR/$name.log" || code=$?
+    local label=$1 script=$2 limit=$3
+    shift 3
+    echo "gpu.sh: $label (at most ${limit}s) ..." >&2
     {
-        echo "## $name"
+        echo "## $label"
         echo
-        echo "\`python benchmarks/$name.py $*\`"
+        echo "\`python benchmarks/$script.py $*\`"
         echo
-        if [[ $code -eq 0 ]]; then
-            cat "$OUT_DIR/$name.md"
-        else
-            echo "**FAILED (exit $code$([[ $code -eq 124 ]] && echo ', time limit')); last lines of $name.log:**"
+    } >> "$REPORT"
+    local code=0
+    set +e
+    timeout --kill-after=10 "$limit" "$PYTHON" "benchmarks/$script.py" "$@" --json "$OUT_DIR/$label.json" \
+        2> "$OUT_DIR/$label.log" | tee "$OUT_DIR/$label.md" >> "$REPORT"
+    code=${PIPESTATUS[0]}
+    set -e
+    {
+        if [[ $code -ne 0 ]]; then
+            echo
+            echo "**FAILED (exit $code$([[ $code -eq 124 ]] && echo ', time limit')): the rows above are those finished before; last lines of $label.log:**"
             echo
             echo '```'
-            tail -n 20 "$OUT_DIR/$name.log"
+            tail -n 20 "$OUT_DIR/$label.log"
             echo '```'
         fi
         echo
@@ -87,10 +104,13 @@ if [[ "${GPU_BENCH_COMPILE:-0}" == 1 ]]; then
     TRAIN_LIMIT=420
 fi
 
-run training "$TRAIN_LIMIT" "${TRAIN_ARGS[@]}"
-run degradation 45 --device cuda --size default
-run evaluation 100 --device cuda --backbone iresnet50 --width 1 --images 12000 --batch 256 --precision bf16
-run data 75 --size small
+run training training "$TRAIN_LIMIT" "${TRAIN_ARGS[@]}"
+# fp16 autocast with a GradScaler in the plain loop, and Lightning's 16-mixed: the other mixed precision.
+run training-fp16 training 120 --device cuda --backbone iresnet50 --width 1 --batch 256 --precision fp16 \
+    --rounds 10 --warmup 2
+run degradation degradation 45 --device cuda --size default
+run evaluation evaluation 100 --device cuda --backbone iresnet50 --width 1 --images 12000 --batch 256 --precision bf16
+run data data 75 --size small
 
 echo "_Total: $(( $(date +%s) - START )) s._" >> "$REPORT"
 echo "gpu.sh: report in $REPORT" >&2

@@ -39,12 +39,12 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
+    StreamingTable,
     autocast,
     base_parser,
     fmt,
     interleaved,
     machine_info,
-    markdown_table,
     report,
     resolve_device,
     synchronize,
@@ -71,17 +71,21 @@ def quiet() -> None:
     for text in ("You are trying to `self.log()`", "The number of training batches",
                  "does not have many workers", "GPU available but not used", "LeafSpec", "treespec",
                  "in eval mode at the start of training",
-                 "You defined a `validation_step` but have no `val_dataloader`"):
+                 "You defined a `validation_step` but have no `val_dataloader`",
+                 # fp16: the GradScaler skips the optimizer step whose gradients overflowed at its first scale
+                 "Detected call of `lr_scheduler.step()` before `optimizer.step()`"):
         warnings.filterwarnings("ignore", message=f".*{re.escape(text)}")
 
 
 @dataclass
 class PlainLoop:
-    """A module with its own optimizer and schedule, stepped without Lightning."""
+    """A module with its own optimizer and schedule, stepped without Lightning; fp16 steps go through a
+    ``GradScaler`` (made at the first fp16 step), as Lightning's ``16-mixed`` does."""
 
     module: FaceRecognitionModule
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None = None
 
     @classmethod
     def of(cls, module: FaceRecognitionModule, fused: bool = False) -> PlainLoop:
@@ -98,12 +102,19 @@ class PlainLoop:
         return cls(module, optimizer, scheduler)
 
     def steps(self, batch: dict[str, torch.Tensor], count: int, device: torch.device, precision: str) -> None:
+        if precision == "fp16" and self.scaler is None:
+            self.scaler = torch.amp.GradScaler(device.type)
         for _ in range(count):
             self.optimizer.zero_grad(set_to_none=True)
             with autocast(device, precision):
                 loss = self.module.training_step(batch, 0)
-            loss.backward()
-            self.optimizer.step()
+            if precision == "fp16":
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
             self.scheduler.step()
 
 
@@ -138,6 +149,8 @@ class LightningComparison:
     lightning: list[float]
     plain: list[float]
     fit_seconds: float
+    precision: str = ""
+    """The precision the Trainer ran with (on a CPU Lightning runs ``16-mixed`` as ``bf16-mixed``)."""
 
     def time_ratio(self) -> float:
         """Median over steps of lightning / plain: the Lightning overhead factor (1 = none)."""
@@ -186,7 +199,8 @@ def lightning_versus_plain(module: FaceRecognitionModule, plain: PlainLoop, batc
     fit_seconds = time.perf_counter() - start
     if len(lightning_seconds) != total_steps:
         raise RuntimeError(f"Lightning ran {len(lightning_seconds)} steps instead of {total_steps}")
-    return LightningComparison(lightning_seconds[warmup:], plain_seconds[warmup:], fit_seconds)
+    return LightningComparison(lightning_seconds[warmup:], plain_seconds[warmup:], fit_seconds,
+                               str(trainer.precision))
 
 
 def build_modules(args: object, checkpoint: Path) -> tuple[TeacherModule, DistillModule]:
@@ -235,8 +249,6 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in zip(keys, SIZES[args.size], strict=True):
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.precision == "fp16":
-        parser.error("fp16 needs a GradScaler, which the plain loop does not model; use bf16 or fp32")
     device = resolve_device(args.device)
     if args.cudnn_benchmark and device.type != "cuda":
         parser.error("--cudnn-benchmark needs --device cuda")
@@ -245,6 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+
+    # Rows are printed as they are measured (benchmarks/gpu.sh keeps them if a time limit stops the run).
+    table = StreamingTable("Training step throughput", ["measurement", "ms/step", "img/s", "ratio", "ratio means"])
+    results: dict[str, object] = {}
+
+    def add(name: str, label: str, seconds: float, ratio: float, meaning: str, **extra: object) -> None:
+        results[name] = {"seconds_per_step": seconds, "images_per_second": args.batch / seconds,
+                         "ratio": ratio, "ratio_meaning": meaning, **extra}
+        table.row([label, fmt(seconds * 1e3), fmt(args.batch / seconds), fmt(ratio), meaning])
 
     with tempfile.TemporaryDirectory(prefix="fskd-bench-train-") as tmp:
         checkpoint = Path(tmp) / "teacher.ckpt"
@@ -303,60 +324,55 @@ def main(argv: list[str] | None = None) -> int:
                     loop, batch, 1, device, args.precision))
         timings = interleaved(candidates, rounds=args.rounds, warmup=max(args.warmup, 1), device=device)
 
+        def plain(name: str, label: str, ratio: float, meaning: str, **extra: object) -> None:
+            add(name, label, timings.median(name), ratio, meaning, step_seconds=timings.seconds[name], **extra)
+
+        plain("teacher", "teacher step, plain loop", 1.0, "reference")
+        plain("student", "F-SKD student step, plain loop", timings.time_ratio("student", "teacher"),
+              "step time / teacher step")
+        plain("frozen teacher forward", "frozen teacher forward (no_grad)",
+              timings.time_ratio("frozen teacher forward", "student"), "fraction of the F-SKD step",
+              fraction_of_teacher_step=timings.time_ratio("frozen teacher forward", "teacher"))
+        variants = ("channels_last", "fused SGD", "torch.compile", "cudnn.benchmark", "fp32", "finite check off")
+        for variant in variants:
+            for role, label in (("teacher", "teacher"), ("student", "F-SKD student")):
+                name = f"{role} {variant}"
+                if name in timings.seconds:
+                    extra = {"first_step_seconds": compile_seconds[role]} if variant == "torch.compile" else {}
+                    plain(name, f"{label} step, {variant}", timings.time_ratio(name, role),
+                          "step time / plain loop", **extra)
+
         comparisons: dict[str, LightningComparison] = {}
         if not args.no_lightning:
             lightning_modules = build_modules(args, checkpoint)
-            for role, module in zip(("teacher", "student"), lightning_modules, strict=True):
-                comparisons[role] = lightning_versus_plain(module.to(device), loops[role], batch, args.rounds,
-                                                           args.warmup, device, args.precision)
+            for role, module, label in zip(("teacher", "student"), lightning_modules, ("teacher", "F-SKD student"),
+                                           strict=True):
+                comparison = lightning_versus_plain(module.to(device), loops[role], batch, args.rounds,
+                                                    args.warmup, device, args.precision)
+                comparisons[role] = comparison
+                add(f"{role} Lightning", f"{label} step, lightning.Trainer",
+                    statistics.median(comparison.lightning), comparison.time_ratio(),
+                    "step time / plain step run next to it",
+                    step_seconds=comparison.lightning, paired_plain_seconds=comparison.plain,
+                    fit_seconds=comparison.fit_seconds)
         del candidates, loops, batches
 
-    rows, results = [], {}
-
-    def add(name: str, label: str, seconds: float, ratio: float, meaning: str, **extra: object) -> None:
-        results[name] = {"seconds_per_step": seconds, "images_per_second": args.batch / seconds,
-                         "ratio": ratio, "ratio_meaning": meaning, **extra}
-        rows.append([label, fmt(seconds * 1e3), fmt(args.batch / seconds), fmt(ratio), meaning])
-
-    def plain(name: str, label: str, ratio: float, meaning: str, **extra: object) -> None:
-        add(name, label, timings.median(name), ratio, meaning, step_seconds=timings.seconds[name], **extra)
-
-    plain("teacher", "teacher step, plain loop", 1.0, "reference")
-    plain("student", "F-SKD student step, plain loop", timings.time_ratio("student", "teacher"),
-          "step time / teacher step")
-    plain("frozen teacher forward", "frozen teacher forward (no_grad)",
-          timings.time_ratio("frozen teacher forward", "student"), "fraction of the F-SKD step",
-          fraction_of_teacher_step=timings.time_ratio("frozen teacher forward", "teacher"))
-    for role, label in (("teacher", "teacher"), ("student", "F-SKD student")):
-        if role in comparisons:
-            comparison = comparisons[role]
-            add(f"{role} Lightning", f"{label} step, lightning.Trainer",
-                statistics.median(comparison.lightning), comparison.time_ratio(),
-                "step time / plain step run next to it",
-                step_seconds=comparison.lightning, paired_plain_seconds=comparison.plain,
-                fit_seconds=comparison.fit_seconds)
-    variants = ("channels_last", "fused SGD", "torch.compile", "cudnn.benchmark", "fp32", "finite check off")
-    for variant in variants:
-        for role, label in (("teacher", "teacher"), ("student", "F-SKD student")):
-            name = f"{role} {variant}"
-            if name in timings.seconds:
-                extra = {"first_step_seconds": compile_seconds[role]} if variant == "torch.compile" else {}
-                plain(name, f"{label} step, {variant}", timings.time_ratio(name, role),
-                      "step time / plain loop", **extra)
     for role, label in (("teacher", "teacher"), ("student", "F-SKD student")):
         source = f"{role} Lightning" if role in comparisons else role
         hours = RECIPE_ITERATIONS * results[source]["seconds_per_step"] / 3600
         results[f"{role} recipe hours"] = hours
-        rows.append([f"{label}: {RECIPE_ITERATIONS:,} iterations x batch {args.batch}", "", "", fmt(hours),
-                     f"hours at the {source} rate"])
+        table.row([f"{label}: {RECIPE_ITERATIONS:,} iterations x batch {args.batch}", "", "", fmt(hours),
+                   f"hours at the {source} rate"])
 
-    table = markdown_table(["measurement", "ms/step", "img/s", "ratio", "ratio means"], rows)
     fit_note = ""
     if comparisons:
         fit_note = (f"; one fit() of {args.warmup + args.rounds} steps took "
                     f"{fmt(comparisons['teacher'].fit_seconds)} s (teacher) with the paired plain steps")
+    scaler_note = " with a GradScaler" if args.precision == "fp16" else ""
+    lightning_precision = comparisons["teacher"].precision if comparisons else LIGHTNING_PRECISION[args.precision]
     notes = [f"{args.backbone} width {args.width}, batch {args.batch}, {args.classes} classes, "
-             f"{args.precision} autocast on {device}; medians of {args.rounds} steps per candidate after "
+             f"{args.precision} autocast{scaler_note} on {device} (Lightning: precision "
+             f"{lightning_precision}); medians of {args.rounds} steps per candidate after "
              f"{args.warmup} warm-up, candidates alternating step by step (plain loop) or paired with a "
              f"plain step inside the fit (Lightning){fit_note}."]
     if compile_seconds:

@@ -4,7 +4,9 @@ exact."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.common import Timings, fmt, interleaved, markdown_table, resolve_device
+from benchmarks.common import StreamingTable, Timings, fmt, interleaved, markdown_table, resolve_device
 from benchmarks.data import (
     AuthorsTrainDataset,
     check_proposed_views,
@@ -115,6 +117,70 @@ def test_gpu_script_fails_clearly_without_gpu(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "no CUDA GPU is visible" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_gpu_script_is_valid_bash() -> None:
+    result = subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "gpu.sh")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_gpu_script_uses_the_given_python_and_names_a_missing_package_first(tmp_path: Path) -> None:
+    """PYTHON as a bare command name is used as given (before: replaced by python3), and a package the benchmarks
+    import is checked before anything runs (before: only torch.cuda, and the run failed minutes later)."""
+    interpreter = tmp_path / "bin" / "mypython"
+    interpreter.parent.mkdir()
+    interpreter.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    interpreter.chmod(0o755)
+    blocked = tmp_path / "blocked" / "cv2"  # stands for an environment without opencv
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'cv2'\", name='cv2')\n")
+    env = dict(os.environ, PYTHON="mypython", PATH=f"{interpreter.parent}{os.pathsep}{os.environ['PATH']}",
+               PYTHONPATH=str(blocked.parent), OMP_NUM_THREADS="1")
+    result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(tmp_path / "out")], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"gpu.sh: using {interpreter}"
+    assert lines[1] == (f"gpu.sh: {sys.executable} cannot import cv2 (needed by benchmarks/degradation.py, "
+                        "benchmarks/data.py): install opencv-python-headless (pip install -e '.[bench]')")
+    assert lines[2] == ("gpu.sh: nothing was run; install the missing packages into that environment, or set "
+                        "PYTHON")
+    assert not (tmp_path / "out").exists()
+    missing = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh")], capture_output=True, text=True,
+                             env=dict(env, PYTHON="no-such-python-3.99"), timeout=60)
+    assert missing.returncode == 2 and missing.stderr.splitlines()[0] == (
+        "gpu.sh: PYTHON=no-such-python-3.99 is neither an executable file nor a command on PATH (set "
+        "PYTHON=/path/to/python of the fskd environment)")
+
+
+def test_streaming_table_prints_each_row_as_it_is_added() -> None:
+    stream = io.StringIO()
+    table = StreamingTable("Title", ["a", "b"], stream=stream)
+    assert stream.getvalue() == "### Title\n\n| a | b |\n|---|---|\n"  # before any measurement
+    table.row([1, "x"])
+    assert stream.getvalue().endswith("|---|---|\n| 1 | x |\n")  # written at once, not at the end
+    table.row(["2", "y"])
+    assert stream.getvalue() == "### Title\n\n" + table.text() + "\n"
+    assert table.text() == markdown_table(["a", "b"], [[1, "x"], ["2", "y"]])
+    with pytest.raises(ValueError, match="one cell per header"):
+        table.row([1])
+
+
+def test_training_benchmark_measures_fp16_with_a_grad_scaler(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Lightning's 16-mixed and an fp16 plain loop with a GradScaler (before: refused, so gpu.sh never ran it)."""
+    from benchmarks import training
+
+    assert training.main(["--size", "smoke", "--precision", "fp16", "--json", str(tmp_path / "fp16.json")]) == 0
+    printed = capsys.readouterr().out
+    (table,) = markdown_tables(printed)
+    assert [row[0] for row in table[1:]] == [
+        "teacher step, plain loop", "F-SKD student step, plain loop", "frozen teacher forward (no_grad)",
+        "teacher step, lightning.Trainer", "F-SKD student step, lightning.Trainer",
+        "teacher: 47,000 iterations x batch 4", "F-SKD student: 47,000 iterations x batch 4"]
+    assert "fp16 autocast with a GradScaler on cpu" in printed
+    results = json.loads((tmp_path / "fp16.json").read_text())["results"]
+    assert all(results[name]["images_per_second"] > 0 for name in ("teacher", "student", "teacher Lightning"))
 
 
 def test_cuda_device_without_gpu_is_a_clear_error() -> None:

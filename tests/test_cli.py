@@ -3,6 +3,7 @@ themselves: tests/test_configs.py)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fskd.commands.lightning import lightning_main
+from fskd.commands.lightning import condense_parser_message, lightning_main
+from fskd.systems import TeacherModule
 from tests.conftest import CONFIGS, FAST, REPO, run_cli
+from tests.helpers.reliability import STUDENT_CONFIG, TINY, config_args
 
 
 @pytest.mark.slow
@@ -72,11 +75,84 @@ def test_tiny_teacher_learns_synthetic_identities(tmp_path: Path, monkeypatch: p
     assert min(accuracies) > 0.75 and sum(accuracies) / 3 > 0.80, accuracies
 
 
-def test_fit_without_data_root_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def last_line(text: str) -> str:
+    return text.rstrip("\n").splitlines()[-1]
+
+
+def test_fit_without_data_root_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture) -> None:
+    from fskd.cli import main
+
     monkeypatch.chdir(tmp_path)
-    # jsonargparse wraps errors raised while linking num_classes into a ValueError; the message is kept.
-    with pytest.raises((FileNotFoundError, ValueError), match="no training set"):
-        run_cli("fit", "--config", str(CONFIGS / "synthetic.yaml"), "--data.root", str(tmp_path), *FAST)
+    # The error raised while linking num_classes comes out as itself, not inside jsonargparse's wrapper.
+    with pytest.raises(FileNotFoundError, match="no training set"):
+        lightning_main(["fit", "--config", str(CONFIGS / "synthetic.yaml"), "--data.root", str(tmp_path), *FAST])
+    capsys.readouterr()
+    assert main(["fit", "--config", str(CONFIGS / "synthetic.yaml"), "--data.root", str(tmp_path), *FAST]) == 1
+    assert last_line(capsys.readouterr().err) == (
+        f"fskd fit: error: FileNotFoundError: {tmp_path}: no training set (expected train.rec + train.idx, or "
+        "train.list + image/)")
+
+
+def _tiny_teacher(path: Path) -> Path:
+    teacher = TeacherModule(num_classes=10, backbone="iresnet18", width=0.125, embedding_size=32)
+    torch.save({"state_dict": teacher.state_dict(), "hyper_parameters": dict(teacher.hparams)}, path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["truncated teacher", "unknown distillation", "askd without cbam"])
+def test_a_failing_fit_ends_with_its_reason_on_one_line(case: str, tiny_root: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """Before, the reason sat inside jsonargparse's "Does not validate against any of the Union subtypes" and the
+    last line was a dump of the whole model configuration."""
+    from fskd.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    teacher = _tiny_teacher(tmp_path / "teacher.ckpt")
+    built = " (while building --model fskd.systems.DistillModule)"
+    if case == "truncated teacher":
+        truncated = tmp_path / "truncated.ckpt"
+        truncated.write_bytes(teacher.read_bytes()[:5000])
+        options = ["--model.teacher_ckpt", str(truncated)]
+        expected = (re.escape(f"fskd fit: error: ValueError: {truncated}: not a readable checkpoint (") + r"[^\n]+\)"
+                    + re.escape(built))
+    elif case == "unknown distillation":
+        options = ["--model.teacher_ckpt", str(teacher), "--model.distill", "nope"]
+        expected = (re.escape("fskd fit: error: ValueError: unknown distillation loss 'nope'; expected one of: ")
+                    + r"fskd, [\w, ]+" + re.escape(built))
+    else:
+        options = ["--model.teacher_ckpt", str(teacher), "--model.distill", "askd"]
+        expected = re.escape(f"fskd fit: error: ValueError: {teacher}: 'askd' needs CBAM teacher and student with "
+                             f"the same blocks; teacher ir [2, 2, 2, 2], student ir [2, 2, 2, 2]{built}")
+    assert main(["fit", *config_args(STUDENT_CONFIG), *TINY, "--data.root", str(tiny_root), *options]) == 1
+    error = capsys.readouterr().err
+    assert re.fullmatch(expected, last_line(error)), last_line(error)
+    assert "Namespace(" not in error and "Does not validate against any of the Union subtypes" not in error
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_usage_error_ends_with_the_option_and_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    from fskd.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", "--config", str(CONFIGS / "synthetic.yaml"), "--model.lr", "abc"])
+    assert stopped.value.code == 2
+    assert last_line(capsys.readouterr().err) == "fskd: error: --model.lr: Expected a <class 'float'>. Got value: abc"
+
+
+def test_parser_messages_condense_to_the_option_and_the_reason() -> None:
+    nested = ("Parser key \"model\":\n  Does not validate against any of the Union subtypes\n  Subtypes: [A, B]\n"
+              "  Errors:\n    - Problem with given class_path 'fskd.systems.TeacherModule':\n"
+              "        Parser key \"lr\":\n          Expected a <class 'float'>. Got value: abc\n"
+              "    - Expected a <class 'NoneType'>\n  Given value type: <class 'NestedArg'>\n"
+              "  Given value: NestedArg(key='lr', val='abc')")
+    assert condense_parser_message(nested) == "--model.lr: Expected a <class 'float'>. Got value: abc"
+    assert condense_parser_message("Unrecognized arguments: --nope 1") == "Unrecognized arguments: --nope 1"
+    assert condense_parser_message('Parser key "data.root": Expected a <class \'str\'>') == (
+        "--data.root: Expected a <class 'str'>")
 
 
 def test_predict_writes_embeddings_of_a_rec_file(tiny_teacher_ckpt: Path, synth_root: Path, tmp_path: Path,

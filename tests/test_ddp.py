@@ -1,13 +1,16 @@
 """DDP on CPU (2 gloo processes through Lightning's ``ddp`` strategy): checkpoints that do not depend on the
-number of processes, identical verification metrics, uneven validation and NaN handling without deadlock.
+number of processes, identical verification metrics, uneven validation, NaN handling without deadlock, and a
+failure of one process only, which ends every process.
 
 All DDP work runs in one subprocess script (tests/helpers/ddp_reliability_script.py) with a timeout, in its own
 process group, so that a hang fails the test and no process outlives it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -175,3 +178,42 @@ def test_sigterm_to_every_process_saves_once_and_all_exit_143(runs: dict) -> Non
     saved = _load(runs["out"] / "sigterm/runs/synthetic/checkpoints/last.ckpt")
     assert saved["global_step"] == 2 and saved["FaceDataModule"]["position"]["consumed"] == 32
     assert "resume with --ckpt_path last" in runs["log"]
+
+
+RANK_LOCAL_TIMEOUT = 120
+
+
+def test_a_failure_of_one_process_ends_every_process_naming_it(tiny_root: Path, tmp_path: Path) -> None:
+    """Only process 1 raises, at step 5 (after the validation and checkpoint of step 3), while process 0 waits in
+    the gradient all-reduce. Before, process 1's save-on-exception entered a barrier, the collectives no longer
+    matched and the run hung until the 30-minute process-group timeout; now every process ends at once."""
+    command = [sys.executable, "-m", "fskd", "fit", "--config", TEACHER_CONFIG, *TINY, "--data.root",
+               str(tiny_root), "--trainer.max_steps", "8", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+               "--trainer.strategy", "ddp", "--trainer.callbacks+=tests.helpers.reliability.RaiseAtStep",
+               "--trainer.callbacks.step", "5", "--trainer.callbacks.rank", "1"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, error = process.communicate(timeout=RANK_LOCAL_TIMEOUT)  # until both processes closed the pipes
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        _, error = process.communicate()
+        pytest.fail(f"a failure of one process hung the run (>{RANK_LOCAL_TIMEOUT} s):\n{error[-4000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # nothing should be left; never leave anything behind
+    assert process.returncode != 0, error[-4000:]
+    cause = "RuntimeError: injected failure at optimizer step 5 on process 1"
+    failed = re.escape("process 1 of 2 (host ") + r"[^,]+, pid \d+\) failed at optimizer step 5 \(epoch 1\): " \
+        + re.escape(cause)
+    lines = error.splitlines()
+    # Process 0 (the one the user started) says who failed and why, and stops.
+    assert any(re.fullmatch("fskd: stopping process 0 of 2 because " + failed, line) for line in lines), error[-4000:]
+    # Process 1 announces its failure, then ends with it as its last line.
+    assert any(re.fullmatch("fskd: " + failed + "; nothing is saved for this failure, and the other processes "
+                            "stop", line) for line in lines), error[-4000:]
+    assert f"fskd fit: error: process 1 of 2: {cause}" in lines
+    # What is saved: nothing for the failure; the checkpoints of the validation at step 3 stay as they were.
+    checkpoints = checkpoint_path(tmp_path).parent
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch=0-step=3.ckpt", "last.ckpt"]
+    assert _load(checkpoints / "last.ckpt")["global_step"] == 3

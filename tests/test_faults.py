@@ -3,24 +3,35 @@ training where it can be known then, and never leaves a corrupt or code-executin
 
 from __future__ import annotations
 
+import datetime
 import errno
 import os
 import pickle
+import re
 import resource
 import shutil
 import signal
+import socket
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import fskd.models.loading
+from fskd.callbacks import PeerFailureWatch
+from fskd.callbacks.failures import raised_on_every_process
+from fskd.callbacks.resume import exception_prefix
 from fskd.checkpoint_io import SafeCheckpointIO
 from fskd.commands.lightning import lightning_main
 from fskd.data.errors import DataFormatError
 from fskd.data.recordio import FaceRecordFile, IndexedRecordWriter, IRHeader, pack
-from fskd.systems import TeacherModule
+from fskd.models.loading import load_backbone
+from fskd.systems import DistillModule, TeacherModule
+from fskd.systems.base import NonFiniteLossError
 from tests.helpers.reliability import (
     STUDENT_CONFIG,
     TEACHER_CONFIG,
@@ -78,7 +89,12 @@ def test_nonfinite_loss_stops_naming_step_and_terms_with_the_good_weights_saved(
     assert saved["state_dict"].keys() == {k for k in good if not k.startswith("teacher.")}
     for key, value in saved["state_dict"].items():
         assert torch.equal(value, good[key]), key  # weights and running statistics from before step 5
-    assert (checkpoint_path(tmp_path, config, "epoch=1-step=4.ckpt")).is_file()
+    # Named after its cause, beside last.ckpt (the same state, which --ckpt_path last resumes).
+    assert (checkpoint_path(tmp_path, config, "exception-epoch=1-step=4.ckpt")).is_file()
+    assert not (checkpoint_path(tmp_path, config, "epoch=1-step=4.ckpt")).exists()
+    exception_state = torch.load(checkpoint_path(tmp_path, config, "exception-epoch=1-step=4.ckpt"),
+                                 weights_only=True)
+    assert exception_state["global_step"] == 4 and exception_state["state_dict"].keys() == saved["state_dict"].keys()
 
 
 # -- data faults ---------------------------------------------------------------------------------------------
@@ -134,7 +150,74 @@ def test_missing_or_wrong_teacher_fails_before_training(tiny_root: Path, tmp_pat
     assert not (tmp_path / "runs").exists()
 
 
-# -- checkpoints: disk full, pickled code --------------------------------------------------------------------
+def _student_ckpt(path: Path, teacher: Path) -> Path:
+    """A DistillModule checkpoint in Lightning's layout (hyper-parameters as LightningCLI saves them)."""
+    student = DistillModule(teacher_ckpt=str(teacher), num_classes=10, backbone="iresnet18", width=0.125,
+                            embedding_size=32)
+    state = {k: v for k, v in student.state_dict().items() if not k.startswith("teacher.")}
+    hparams = {"_class_path": "fskd.systems.DistillModule", **dict(student.hparams)}
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, path)
+    return path
+
+
+def test_a_student_checkpoint_is_refused_as_a_teacher_unless_asked_for(tiny_root: Path, tmp_path: Path) -> None:
+    teacher = _teacher_ckpt(tmp_path / "teacher.ckpt")
+    student = _student_ckpt(tmp_path / "student.ckpt", teacher)
+    expected = (f"{student}: a distillation student's checkpoint (DistillModule, distilled from {teacher}), not a "
+                "teacher; pass the teacher's own checkpoint, or load_backbone(..., allow_student=True) to use a "
+                "student on purpose")
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        load_backbone(student)
+    # Without the class path too (a checkpoint saved by hand): its hyper-parameters say it is a student.
+    plain = torch.load(student, weights_only=True)
+    del plain["hyper_parameters"]["_class_path"]
+    torch.save(plain, tmp_path / "plain_student.ckpt")
+    with pytest.raises(ValueError, match="plain_student.ckpt: a distillation student's checkpoint"):
+        load_backbone(tmp_path / "plain_student.ckpt")
+    assert load_backbone(student, allow_student=True).feature_channels == (8, 16, 32, 64)
+    assert load_backbone(teacher).feature_channels == (8, 16, 32, 64)
+    # The teacher of a distillation is loaded that way: refused before anything is trained or written.
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}\nwhile building --model fskd.systems.DistillModule$"):
+        fit(tmp_path, "--data.root", str(tiny_root), "--trainer.max_steps", "2", "--model.teacher_ckpt",
+            str(student), config=STUDENT_CONFIG)
+    assert not (tmp_path / "runs").exists()
+
+
+# -- checkpoints: disk full, pickled code, stale temporary files -----------------------------------------------
+def test_stale_partial_files_of_dead_processes_are_removed_by_the_next_save(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid no longer exists: the writer of a save killed midway
+    host = socket.gethostname()
+    stale = [f".last.ckpt.partial-{dead.pid}", f".last.ckpt.partial-{host}-{dead.pid}",
+             f".epoch=0-step=3.ckpt.partial-{host}-{dead.pid}"]
+    kept = [f".other.ckpt.partial-{host}-{os.getpid()}",  # a live writer (this process)
+            f".last.ckpt.partial-another-host.example-{dead.pid}",  # another host's (a shared folder)
+            "notes.partial-1"]  # not a temporary file of a save
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"half a checkpoint")
+    SafeCheckpointIO().save_checkpoint({"global_step": 1}, tmp_path / "last.ckpt")
+    assert sorted(os.listdir(tmp_path)) == sorted([*kept, "last.ckpt"])
+
+
+def test_ddp_timeout_sets_the_process_group_timeout(tiny_root: Path, tmp_path: Path) -> None:
+    with working_directory(tmp_path):
+        cli = lightning_main(["--config", TEACHER_CONFIG, *TINY, "--data.root", str(tiny_root),
+                              "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy",
+                              "ddp", "--ddp_timeout", "42"], run=False)
+    assert cli.trainer.strategy._timeout == datetime.timedelta(seconds=42)
+    assert sum(isinstance(c, PeerFailureWatch) for c in cli.trainer.callbacks) == 1
+
+
+def test_only_sigterm_and_a_non_finite_loss_count_as_raised_on_every_process() -> None:
+    assert raised_on_every_process(SIGTERMException())
+    assert raised_on_every_process(NonFiniteLossError("non-finite loss at optimizer step 5"))
+    assert not raised_on_every_process(FloatingPointError("another one"))
+    assert not raised_on_every_process(DataFormatError("train.rec", "truncated record", 20))
+    assert not raised_on_every_process(RuntimeError("CUDA out of memory"))
+    assert exception_prefix(SIGTERMException()) == "sigterm" and exception_prefix(OSError()) == "exception"
+
+
+
 def test_checkpoint_write_failing_midway_leaves_the_previous_file(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     io = SafeCheckpointIO()

@@ -15,7 +15,7 @@ from fskd.data.errors import DataFormatError
 from fskd.data.images import decode_face, normalize
 from fskd.data.layouts import DISTRACTOR_LABEL, load_tinyface_layout, split_identity_folder
 from fskd.data.synthetic import TINYFACE_ID_BASE, render_face_jpeg, write_tinyface_layout
-from fskd.evaluation.identification import cmc_scores, embed_images, rank_gallery
+from fskd.evaluation.identification import cmc_scores, embed_images, rank_gallery, ranks_beyond_gallery
 from fskd.models import create_backbone
 
 # ---------------------------------------------------------------------------------------------------------
@@ -121,7 +121,15 @@ def test_hand_computed_cmc_and_distractors_never_match():
     # Probe 0 (label 0): order 0, 1, 2 -> rank 1. Probe 1 (label 1): order 2, 1, 0 -> rank 2.
     # Probe 2 is labelled like the distractors: order 2, 1, 0 but a distractor never matches -> miss.
     results = cmc_scores(probe, [0, 1, DISTRACTOR_LABEL], gallery, labels, ranks=(1, 2, 3, 50))
-    assert results == {1: 1 / 3, 2: 2 / 3, 3: 2 / 3, 50: 2 / 3}
+    assert results == {1: 1 / 3, 2: 2 / 3, 3: 2 / 3, 50: None}  # 3 gallery items: no rank 50
+
+
+def test_ranks_above_the_gallery_size_are_not_applicable():
+    probe = np.eye(4, dtype=np.float32)
+    gallery = np.eye(4, dtype=np.float32)[::-1].copy()  # 4 people, one item each, all probes at rank 1
+    assert cmc_scores(probe, [0, 1, 2, 3], gallery, [3, 2, 1, 0]) == {1: 1.0, 5: None, 10: None, 20: None}
+    assert cmc_scores(probe, [0, 1, 2, 3], gallery, [3, 2, 1, 0], ranks=(4, 5)) == {4: 1.0, 5: None}
+    assert ranks_beyond_gallery((1, 5, 10, 20), 4) == [5, 10, 20] and ranks_beyond_gallery((1, 4), 4) == []
 
 
 def test_scale_of_features_does_not_matter_and_torch_inputs_work():
@@ -336,10 +344,15 @@ def test_identify_and_synth_tinyface_cli_end_to_end(tmp_path, capsys):
     with csv_path.open() as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["rank", "accuracy"]
-    assert [(int(r), float(a)) for r, a in rows[1:]] == [(r, round(v, 6)) for r, v in expected.items()]
-    assert f"rank-1: {100 * expected[1]:.2f}%" in printed
-    # 5 gallery items: every probe's identity is within the top 5, so ranks 5, 10 and 20 are perfect.
-    assert expected[5] == expected[10] == expected[20] == 1.0
+    assert rows[1:3] == [["1", f"{expected[1]:.6f}"], ["5", f"{expected[5]:.6f}"]]
+    # 5 gallery items: rank 5 counts every item (every probe's identity is within it); ranks 10 and 20 do not
+    # exist and are written as n/a, with a note, instead of a perfect score.
+    assert expected[5] == 1.0 and expected[10] is None and expected[20] is None
+    assert rows[3:] == [["10", "n/a"], ["20", "n/a"]]
+    assert f"rank-1: {100 * expected[1]:.2f}%" in printed and "rank-5: 100.00%\n" in printed
+    assert "rank-10: n/a\nrank-20: n/a\n" in printed
+    assert ("note: rank 10, 20 not applicable: the gallery has only 5 items (a top-k longer than the gallery "
+            "would count every probe as found)") in printed
 
 
 def test_identify_cli_folder_layout(tmp_path, capsys, face_jpegs):

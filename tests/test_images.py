@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from fskd.data.datasets import FolderFaceDataset
 from fskd.data.errors import DataFormatError
-from fskd.data.images import IMAGE_SIZE, decode_face, fit_to_square
+from fskd.data.images import IMAGE_SIZE, decode_face, fit_to_square, normalize
 from fskd.data.layouts import IMAGE_SUFFIXES, list_images, split_identity_folder
 from fskd.data.sources import EncodedImages, PredictionImages
 from fskd.data.synthetic import render_face_jpeg
@@ -144,6 +146,54 @@ def test_16_bit_png_is_rounded_to_8_bits():
     wide = (pattern(112, 112, seed=5).astype(np.uint16) * 257)
     out = decode_face(encode(wide, "PNG"), "w.png")
     assert out.dtype == torch.uint8 and torch.equal(out[0], torch.from_numpy((wide // 257).astype(np.uint8)))
+
+
+def png_16_bit(samples: np.ndarray, color_type: int) -> bytes:
+    """A 16-bit PNG written by hand (numpy samples, big-endian rows): ``color_type`` 0 grey, 2 RGB, 4 grey +
+    alpha, 6 RGBA, as cameras and scanners write them."""
+    height, width = samples.shape[:2]
+    rows = samples.reshape(height, -1).astype(">u2")
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(("color_type", "channels"), [(0, 1), (2, 3), (4, 2), (6, 4)])
+def test_16_bit_png_of_every_colour_type_normalises_into_minus_one_one(color_type: int, channels: int):
+    # The values of a real 16-bit photograph (1530..50617): read as uint16 they would normalise to [11, 396].
+    samples = np.random.default_rng(color_type).integers(1530, 50618, size=(112, 112, channels), dtype=np.uint16)
+    samples[0, 0, :] = (1530, 50617, 1530, 50617)[:channels]
+    out = decode_face(png_16_bit(samples, color_type), "photo16.png")
+    colour = samples[..., :3] if channels >= 3 else np.repeat(samples[..., :1], 3, axis=-1)
+    expected = (colour.astype(np.int64) * 255 + 32767) // 65535  # round(v * 255 / 65535)
+    assert out.dtype == torch.uint8 and torch.equal(out, torch.from_numpy(expected).permute(2, 0, 1).to(torch.uint8))
+    values = normalize(out)
+    assert (int(out.min()), int(out.max())) == (6, 197)
+    assert -1.0 <= float(values.min()) < -0.95 and 0.54 < float(values.max()) <= 1.0
+
+
+def test_samples_neither_8_nor_16_bits_are_refused_naming_the_file(monkeypatch: pytest.MonkeyPatch):
+    import fskd.data.images as images
+
+    monkeypatch.setattr(images, "decode_image", lambda *args, **kwargs: torch.zeros(3, 112, 112))
+    with pytest.raises(DataFormatError, match=r"^odd\.png: decoded to torch\.float32 samples; only 8- and 16-bit "
+                                              r"images are supported$"):
+        decode_face(b"anything", "odd.png")
+
+
+def test_16_bit_yale_pgm_is_rescaled_not_clipped(tmp_path: Path):
+    from fskd.data.real_faces import YALE_CROP_ROWS, FaceImage, face_112
+
+    grey8 = pattern(192, 168, seed=7)
+    path = tmp_path / "yaleB01_P00A+000E+00.pgm"
+    path.write_bytes(pgm_p5(grey8.astype(np.uint16) * 257, maxval=65535))
+    out = face_112(FaceImage("yale/yaleB01", path))
+    square = torch.from_numpy(grey8[YALE_CROP_ROWS:192 - YALE_CROP_ROWS].copy())[None].expand(3, -1, -1)
+    assert torch.equal(out, resized(square, 112, 112))  # PIL's convert("L") clipped every value to 255
 
 
 def test_non_square_jpeg_is_scaled_and_padded_symmetrically():

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from fskd.commands.lightning import resume_conflicts
 from fskd.data.datamodule import FaceDataModule
 from fskd.data.sampler import ResumableSampler
 from tests.conftest import REPO
@@ -121,6 +122,54 @@ def test_augmentations_depend_on_sample_and_epoch_only(tiny_root: Path) -> None:
               for workers in (0, 2)]
     for a, b in zip(*loaded, strict=True):
         assert torch.equal(a["image"], b["image"])
+
+
+# -- truthful resumes ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["last", "file"])
+def test_a_resume_refuses_hyper_parameters_it_cannot_apply(how: str, tiny_root: Path, tmp_path: Path) -> None:
+    """Before, ``--ckpt_path last --model.lr 10`` trained on with the restored lr 0.1 but recorded lr 10, and
+    ``--ckpt_path FILE`` dropped the command-line values without a word."""
+    with single_thread():
+        fit(tmp_path, "--data.root", str(tiny_root), "--trainer.max_steps", "2")
+        last = checkpoint_path(tmp_path)
+        before = {path.name: path.read_bytes() for path in last.parent.iterdir()}
+        expected = (r"last\.ckpt: cannot resume as asked: --model\.lr: the checkpoint was trained with 0\.1, this "
+                    r"command asks for 10\.0; --model\.milestones: the checkpoint was trained with \[5\], this "
+                    r"command asks for \[6\]\. Resuming restores the weights, the optimizer and its schedule from "
+                    r"the checkpoint, so these options would not apply and would be recorded falsely: drop them to "
+                    r"resume, or start a new run \(another --run, without --ckpt_path\) to train with them$")
+        with pytest.raises(ValueError, match=expected):
+            fit(tmp_path, "--data.root", str(tiny_root), "--trainer.max_steps", "4", "--ckpt_path",
+                "last" if how == "last" else str(last), "--model.lr", "10", "--model.milestones", "[6]")
+    assert {path.name: path.read_bytes() for path in last.parent.iterdir()} == before  # nothing written
+
+
+def test_resume_conflicts_name_each_option_and_ignore_what_a_resume_applies() -> None:
+    saved = {"_class_path": "fskd.systems.TeacherModule", "num_classes": 10, "lr": 0.1, "milestones": [5],
+             "protocols": ["fskd", "insightface"], "head_kwargs": None}
+    same = {"num_classes": None, "lr": 0.1, "milestones": (5,), "protocols": ["fskd"], "head_kwargs": None,
+            "added_since": 1}  # a tuple equals the stored list; a key the checkpoint lacks is not compared
+    assert resume_conflicts(saved, "fskd.systems.teacher.TeacherModule", same) == []
+    assert resume_conflicts(saved, "fskd.systems.DistillModule", {"num_classes": 12, "lr": 0.1}) == [
+        "--model: the checkpoint holds a fskd.systems.TeacherModule, this command builds fskd.systems.DistillModule",
+        "--model.num_classes: the checkpoint was trained with 10, this command asks for 12"]
+
+
+def test_a_resume_applies_and_records_the_options_it_can(tiny_root: Path, tmp_path: Path) -> None:
+    """Validation protocols and checks do not depend on the restored state: a resume from a file applies them
+    (before, the checkpoint's values silently replaced them) and records them."""
+    with single_thread():
+        fit(tmp_path, "--data.root", str(tiny_root), "--trainer.max_steps", "2")
+        cli = fit(tmp_path, "--data.root", str(tiny_root), "--trainer.max_steps", "3", "--ckpt_path",
+                  str(checkpoint_path(tmp_path)), "--model.protocols", "[fskd]", "--model.check_finite_loss",
+                  "false")
+    assert cli.model.hparams.protocols == ["fskd"] and cli.model.hparams.check_finite_loss is False
+    metrics = set(cli.trainer.callback_metrics)  # the validation at step 3 used only the asked protocol
+    assert "val/lfw/14/acc" in metrics and not any("insightface" in key for key in metrics)
+    saved = torch.load(checkpoint_path(tmp_path), weights_only=True)
+    assert saved["global_step"] == 3
+    assert saved["hyper_parameters"]["protocols"] == ["fskd"]
+    assert saved["hyper_parameters"]["check_finite_loss"] is False
 
 
 # -- whole runs ----------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ rewritten when training ends (Lightning skips it when the run already wrote one,
 ``max_steps`` between validations left a stale one), a fit stopped mid-epoch by ``max_steps`` is recorded as
 mid-epoch (Lightning's epoch count would drift by one on resume), and ``save_on_exception`` saves only while
 fitting (``validate``/``test`` failing would otherwise overwrite the run's ``last.ckpt`` with a checkpoint
-without optimizer state).
+without optimizer state), names what it saves after the cause (``exception-epoch=0-step=3.ckpt``,
+``sigterm-...``; ``last.ckpt`` gets the same state) and, under DDP, saves only for exceptions raised on every
+process together (`fskd.callbacks.failures`): a save after a rank-local failure would hang the run.
 
 `GracefulSigterm` replaces Lightning's SIGTERM handler during ``fit``. Lightning 2.6's handler broadcasts
 from inside the signal handler and forwards the signal to the processes it launched; when every process gets
@@ -34,6 +36,10 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+from fskd.callbacks.failures import describe_exception, raised_on_every_process
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +104,13 @@ class GlobalRNGState(L.Callback):
             self._to_restore = None
 
 
+def exception_prefix(exception: BaseException) -> str:
+    """The prefix of the checkpoint saved on the way out of ``exception``: ``sigterm`` for SIGTERM (a requested
+    stop), ``exception`` otherwise, so that ``sigterm-epoch=0-step=3.ckpt`` / ``exception-epoch=0-step=3.ckpt``
+    are never mistaken for the checkpoints of regular validations (``epoch=0-step=3.ckpt``)."""
+    return "sigterm" if isinstance(exception, SIGTERMException) else "exception"
+
+
 class FskdCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose ``last.ckpt`` always holds the final state of a fit (see the module doc)."""
 
@@ -132,8 +145,23 @@ class FskdCheckpoint(ModelCheckpoint):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
                      exception: BaseException) -> None:
-        if trainer.state.fn == TrainerFn.FITTING:
-            super().on_exception(trainer, pl_module, exception)
+        """Save the state on the way out of a fit: ``<cause>-epoch=E-step=S.ckpt`` (`exception_prefix`) and
+        ``last.ckpt`` (the same state, so ``--ckpt_path last`` resumes from it). Not under DDP when the
+        exception is rank-local (`fskd.callbacks.failures`): saving enters a barrier the other processes would
+        never join; the checkpoints written before the failure stay as they are."""
+        if trainer.state.fn != TrainerFn.FITTING or not self._should_save_on_exception(trainer):
+            return
+        if trainer.world_size > 1 and not raised_on_every_process(exception):
+            log.error("%s on process %d only: no checkpoint is saved for it (the other processes cannot join a "
+                      "save); --ckpt_path last resumes from the last checkpoint written before it",
+                      type(exception).__name__, trainer.global_rank)
+            return
+        monitor_candidates = self._monitor_candidates(trainer)
+        filepath = self.format_checkpoint_name(monitor_candidates, prefix=exception_prefix(exception))
+        self._save_checkpoint(trainer, filepath)
+        self._save_last_checkpoint(trainer, monitor_candidates)
+        rank_zero_info(f"{describe_exception(exception)}: saved the state to {filepath} and to "
+                       f"{self.last_model_path} (--ckpt_path last resumes from it)")
 
 
 class GracefulSigterm(L.Callback):

@@ -35,7 +35,7 @@ def main(argv: Sequence[str]) -> int:
     from fskd.models.export import export_onnx, export_torchscript, onnx_parity
     from fskd.models.loading import load_backbone
 
-    backbone = load_backbone(args.ckpt)
+    backbone = load_backbone(args.ckpt, allow_student=True)
     if args.onnx:
         path = export_onnx(backbone, args.onnx, opset=args.opset, dynamic_batch=not args.static_batch,
                            exporter=args.exporter)

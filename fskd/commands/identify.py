@@ -1,7 +1,8 @@
 """``fskd identify``: closed-set identification (TinyFace protocol) of a checkpoint's backbone.
 
 Works on a TinyFace folder or on any ``root/<identity>/*.jpg`` folder; prints CMC rank-1/5/10/20 and writes
-them to a CSV. Plain PyTorch (the backbone is loaded with `fskd.models.load_backbone`).
+them to a CSV. A rank above the number of gallery items is reported as ``n/a``, with a note. Plain PyTorch
+(the backbone is loaded with `fskd.models.load_backbone`).
 """
 
 from __future__ import annotations
@@ -19,16 +20,35 @@ from fskd.evaluation.identification import DEFAULT_RANKS
 LAYOUTS = ("auto", "tinyface", "folder")
 
 
-def write_cmc_csv(path: str | os.PathLike, results: dict[int, float]) -> Path:
-    """``rank,accuracy`` rows (accuracy as a fraction in [0, 1])."""
+#: How a rank above the gallery size (no CMC value, `cmc_scores` gives None) is printed and written.
+NOT_APPLICABLE = "n/a"
+
+
+def write_cmc_csv(path: str | os.PathLike, results: dict[int, float | None]) -> Path:
+    """``rank,accuracy`` rows (accuracy as a fraction in [0, 1]; `NOT_APPLICABLE` for a rank above the gallery
+    size, which pandas reads as missing)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["rank", "accuracy"])
         for rank, accuracy in results.items():
-            writer.writerow([rank, f"{accuracy:.6f}"])
+            writer.writerow([rank, NOT_APPLICABLE if accuracy is None else f"{accuracy:.6f}"])
     return path
+
+
+def report_lines(results: dict[int, float | None], gallery_size: int) -> list[str]:
+    """``rank-R: xx.xx%`` per rank (``n/a`` above the gallery size) and, if any is, a one-line note."""
+    from fskd.evaluation.identification import ranks_beyond_gallery
+
+    lines = [f"rank-{rank}: {NOT_APPLICABLE if accuracy is None else f'{100 * accuracy:.2f}%'}"
+             for rank, accuracy in results.items()]
+    beyond = ranks_beyond_gallery(results, gallery_size)
+    if beyond:
+        listed = ", ".join(str(rank) for rank in beyond)
+        lines.append(f"note: rank {listed} not applicable: the gallery has only {gallery_size} items "
+                     "(a top-k longer than the gallery would count every probe as found)")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +94,7 @@ def main(argv: Sequence[str]) -> int:
             args.root, args.gallery_per_identity, args.split_seed)
     print(f"{args.root} ({layout}): {len(probes)} probes, {len(gallery)} gallery items "
           f"({int((gallery_labels < 0).sum())} distractors)")
-    backbone = load_backbone(args.ckpt)
+    backbone = load_backbone(args.ckpt, allow_student=True)
     start = time.perf_counter()
     options = {"batch_size": args.batch_size, "resolution": args.resolution, "flip": not args.no_flip,
                "interpolation": args.interpolation, "device": args.device, "num_workers": args.workers}
@@ -83,8 +103,8 @@ def main(argv: Sequence[str]) -> int:
     results = cmc_scores(probe_features, probe_labels, gallery_features, gallery_labels, args.ranks,
                          args.chunk_size, device=args.device)
     print(f"embedded and ranked in {time.perf_counter() - start:.1f} s")
-    for rank, accuracy in results.items():
-        print(f"rank-{rank}: {100 * accuracy:.2f}%")
+    for line in report_lines(results, len(gallery)):
+        print(line)
     if args.out:
         print(f"wrote {write_cmc_csv(args.out, results)}")
     return 0

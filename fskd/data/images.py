@@ -87,9 +87,16 @@ def decode_face(data: bytes, source: str | os.PathLike, key: object | None = Non
     10 black columns on each side, unscaled. Aligned 112x112 JPEGs (every insightface ``.rec``/``.bin``) take the
     torchvision path with no further copy.
 
-    A payload that cannot be decoded raises `DataFormatError` naming the file and the record instead of killing a
-    loader worker with a bare decoder message.
+    A payload that cannot be decoded, or decodes to samples that are neither 8 nor 16 bits, raises
+    `DataFormatError` naming the file and the record instead of killing a loader worker with a bare decoder
+    message (or feeding the model values outside [-1, 1] after `normalize`).
     """
+    return fit_to_square(decode_rgb(data, source, key), size)
+
+
+def decode_rgb(data: bytes, source: str | os.PathLike, key: object | None = None) -> torch.Tensor:
+    """Decode an encoded image to a uint8 RGB tensor (3, H, W) at its own size (`decode_face` before the size
+    rule): grey replicated, alpha dropped, 16-bit samples rounded to 8 bits, anything else refused."""
     if len(data) == 0:
         raise DataFormatError(source, "empty image payload", key)
     try:
@@ -104,10 +111,13 @@ def decode_face(data: bytes, source: str | os.PathLike, key: object | None = Non
                                   key) from None
     if image.ndim != 3:  # an animated GIF or WebP decodes to (frames, 3, H, W)
         raise DataFormatError(source, f"expected one still image, got {image.shape[0]} frames", key)
-    if image.dtype != torch.uint8:
-        # torchvision returns 16-bit PNGs as uint16; the rest of the pipeline is 8-bit.
+    if image.dtype == torch.uint16:
+        # torchvision returns 16-bit PNGs as uint16; the rest of the pipeline is 8-bit (normalize expects 0..255).
         image = ((image.to(torch.int64) * 255 + 32767) // 65535).to(torch.uint8)
-    return fit_to_square(image, size)
+    elif image.dtype != torch.uint8:
+        raise DataFormatError(source, f"decoded to {image.dtype} samples; only 8- and 16-bit images are "
+                              "supported", key)
+    return image
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

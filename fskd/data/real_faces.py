@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from fskd.data.errors import DataFormatError
-from fskd.data.images import IMAGE_SIZE, decode_face, fit_to_square
+from fskd.data.images import IMAGE_SIZE, decode_face, decode_rgb, fit_to_square
 from fskd.data.recordio import write_face_records
 
 ORL_FOLDER = "orl_faces"
@@ -77,11 +77,10 @@ def face_112(image: FaceImage) -> torch.Tensor:
     data = image.path.read_bytes()
     if image.database != "yale":
         return decode_face(data, image.path)
-    try:
-        with Image.open(io.BytesIO(data)) as picture:
-            grey = np.asarray(picture.convert("L"))
-    except (OSError, ValueError) as error:
-        raise DataFormatError(image.path, f"cannot decode the image: {error}") from None
+    # decode_rgb, not PIL's convert("L"): the latter clips 16-bit samples instead of rescaling them.
+    rgb = decode_rgb(data, image.path).to(torch.int64)
+    # PIL's "L" conversion (ITU-R 601-2 luma, rounded), exact for grey files, whose channels are equal.
+    grey = ((rgb[0] * 19595 + rgb[1] * 38470 + rgb[2] * 7471 + 0x8000) >> 16).to(torch.uint8).numpy()
     height, width = grey.shape
     if height - 2 * YALE_CROP_ROWS != width:
         raise DataFormatError(image.path, f"expected a {width}x{width + 2 * YALE_CROP_ROWS} cropped Yale face, "

@@ -127,12 +127,14 @@ def rank_gallery(probe: np.ndarray | torch.Tensor, gallery: np.ndarray | torch.T
 def cmc_scores(probe: np.ndarray | torch.Tensor, probe_labels: np.ndarray | Sequence[int],
                gallery: np.ndarray | torch.Tensor, gallery_labels: np.ndarray | Sequence[int],
                ranks: Sequence[int] = DEFAULT_RANKS, chunk_size: int = 4096,
-               device: str | torch.device | None = None) -> dict[int, float]:
+               device: str | torch.device | None = None) -> dict[int, float | None]:
     """Closed-set CMC: for each rank r, the fraction of probes whose label is among the top-r gallery items.
 
     Features need not be normalised (they are L2-normalised here). Gallery items labelled `DISTRACTOR_LABEL`
-    never match. A rank larger than the gallery counts over the whole gallery. Probes whose identity is not
-    in the gallery count as misses (closed-set protocol).
+    never match. A rank larger than the gallery (its number of items) is not applicable and maps to ``None``:
+    the top r of a smaller gallery would be the whole gallery, a trivial figure (100 % without distractors)
+    that would read like a result (`ranks_beyond_gallery` lists them). Probes whose identity is not in the
+    gallery count as misses (closed-set protocol).
     """
     ranks = [int(r) for r in ranks]
     if not ranks or min(ranks) < 1:
@@ -145,11 +147,18 @@ def cmc_scores(probe: np.ndarray | torch.Tensor, probe_labels: np.ndarray | Sequ
     top_labels = gallery_labels_t[torch.from_numpy(indices)]
     hits = (top_labels == probe_labels_t[:, None]) & (top_labels != DISTRACTOR_LABEL)
     first_hit_within = torch.cumsum(hits.to(torch.int64), dim=1) > 0
-    results: dict[int, float] = {}
+    results: dict[int, float | None] = {}
     for rank in ranks:
-        column = min(rank, first_hit_within.shape[1]) - 1
-        results[rank] = float(first_hit_within[:, column].to(torch.float64).mean())
+        if rank > gallery_count:
+            results[rank] = None
+            continue
+        results[rank] = float(first_hit_within[:, rank - 1].to(torch.float64).mean())
     return results
+
+
+def ranks_beyond_gallery(ranks: Sequence[int], gallery_size: int) -> list[int]:
+    """The ranks of ``ranks`` that exceed a gallery of ``gallery_size`` items (not applicable in a CMC)."""
+    return [int(rank) for rank in ranks if int(rank) > gallery_size]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -206,4 +215,4 @@ def embed_images(backbone: torch.nn.Module, paths_or_bytes: Sequence[str | os.Pa
     return np.concatenate(rows).astype(np.float32, copy=False)
 
 
-__all__ = ["DEFAULT_RANKS", "cmc_scores", "embed_images", "rank_gallery"]
+__all__ = ["DEFAULT_RANKS", "cmc_scores", "embed_images", "rank_gallery", "ranks_beyond_gallery"]

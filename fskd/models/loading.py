@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,53 @@ from fskd.models.iresnet import IResNet, create_backbone
 ARCHITECTURE_KEYS = ("backbone", "mode", "neck", "width", "embedding_size", "dropout")
 
 
+#: ``.<name>.partial-<host>-<pid>``: the temporary file of `atomic_torch_save` (``.<name>.partial-<pid>`` before
+#: the host was recorded). Host and pid tell whether the writer is still alive.
+PARTIAL_NAME = re.compile(r"^\..+\.partial-(?:(?P<host>.+)-)?(?P<pid>\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OSError:
+        return True  # cannot tell: keep its file
+    return True
+
+
+def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of `atomic_torch_save` in ``folder`` whose writer is dead: written on this host
+    (or before the host was recorded) by a process id that no longer exists, i.e. a save killed midway. Files
+    of live processes and of other hosts (a shared filesystem) are left alone. Returns the files removed."""
+    host = socket.gethostname()
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = PARTIAL_NAME.match(entry.name)
+        if match is None or match["host"] not in (None, host) or _pid_alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the target's folder, fsync, then rename it over ``path``."""
+    """``torch.save`` to a temporary file in the target's folder, fsync, then rename it over ``path``.
+
+    The temporary file is ``.<name>.partial-<host>-<pid>``; temporary files left in the folder by processes of
+    this host that were killed while saving are deleted first (`remove_stale_partials`).
+    """
     target = Path(str(path).removeprefix("file://"))
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    remove_stale_partials(target.parent)
+    partial = target.with_name(f".{target.name}.partial-{socket.gethostname()}-{os.getpid()}")
     try:
         with open(partial, "wb") as stream:
             torch.save(obj, stream)
@@ -105,14 +149,34 @@ def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: st
                          f"{str(error).splitlines()[0]}") from None
 
 
+#: Hyper-parameters only a distillation student (`fskd.systems.DistillModule`) has.
+STUDENT_KEYS = ("teacher_ckpt", "distill")
+
+
+def is_student(checkpoint: dict[str, Any]) -> bool:
+    """Whether a system checkpoint's hyper-parameters say it is a distillation student (a DistillModule)."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    return (str(hparams.get("_class_path", "")).rsplit(".", 1)[-1] == "DistillModule"
+            or all(key in hparams for key in STUDENT_KEYS))
+
+
 def load_backbone(path: str | os.PathLike, prefix: str = "backbone.",
-                  expected: dict[str, Any] | None = None) -> IResNet:
+                  expected: dict[str, Any] | None = None, allow_student: bool = False) -> IResNet:
     """Build the backbone described by a checkpoint's hyper-parameters and load its weights (eval mode).
 
     ``expected`` (a subset of `ARCHITECTURE_KEYS`) must match the checkpoint, else a ValueError lists the
     differences; use it to refuse a teacher of the wrong architecture before any training starts.
+
+    A distillation student's checkpoint (`is_student`) is refused unless ``allow_student``: this is how a
+    teacher is loaded (``--model.teacher_ckpt``), and a student given there is almost always a mix-up of two
+    runs' files. Evaluating or exporting a student passes ``allow_student=True``.
     """
     checkpoint = read_checkpoint(path)
+    if not allow_student and is_student(checkpoint):
+        teacher = (checkpoint["hyper_parameters"].get("teacher_ckpt") or "?")
+        raise ValueError(f"{path}: a distillation student's checkpoint (DistillModule, distilled from {teacher}), "
+                         "not a teacher; pass the teacher's own checkpoint, or load_backbone(..., "
+                         "allow_student=True) to use a student on purpose")
     arch = architecture(checkpoint, path)
     if expected:
         different = {k: (arch.get(k), v) for k, v in expected.items() if arch.get(k) != v}

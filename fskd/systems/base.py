@@ -20,6 +20,14 @@ log = logging.getLogger(__name__)
 PAPER_MILESTONES = (18000, 28000, 36000, 44000)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A NaN/inf loss (`FaceRecognitionModule.check_finite`). Under DDP the processes agree on it first, so it is
+    raised on every process at the same step: ``raised_on_every_process`` tells the failure handling
+    (`fskd.callbacks.failures`) that the processes may still save a checkpoint together."""
+
+    raised_on_every_process = True
+
+
 class FaceRecognitionModule(L.LightningModule):
     """Backbone + margin head trained with SGD and a per-iteration MultiStep schedule.
 
@@ -33,11 +41,11 @@ class FaceRecognitionModule(L.LightningModule):
         lr, momentum, nesterov, weight_decay: SGD as the authors (weight decay on every parameter).
         milestones, gamma: learning-rate decay points in optimizer steps (iterations), as the authors.
         protocols: verification protocols computed at validation; the first is logged as ``acc``.
-        check_finite_loss: stop with a `FloatingPointError` naming the step and the loss terms when a loss is
-            NaN or infinite, before the backward pass, so that the weights (and the checkpoint written on the
-            way out) are those of the last good step; the buffers the failed forward pass updated (BatchNorm
-            running statistics) are put back too. Costs a copy of those buffers, one host synchronisation and,
-            under DDP, one tiny all-reduce (so that every process stops together) per step.
+        check_finite_loss: stop with a `NonFiniteLossError` (a `FloatingPointError`) naming the step and the
+            loss terms when a loss is NaN or infinite, before the backward pass, so that the weights (and the
+            checkpoint written on the way out) are those of the last good step; the buffers the failed forward
+            pass updated (BatchNorm running statistics) are put back too. Costs a copy of those buffers, one host
+            synchronisation and, under DDP, one tiny all-reduce (so that every process stops together) per step.
         check_labels: the head checks ``0 <= label < num_classes`` on every step (one more host
             synchronisation). Off by default: the datasets already check every label against the number of
             classes on the CPU, in the loader, and name the record (the CLI links ``num_classes`` from them).
@@ -136,7 +144,7 @@ class FaceRecognitionModule(L.LightningModule):
             ]
 
     def check_finite(self, batch_idx: int, **terms: torch.Tensor) -> None:
-        """Raise `FloatingPointError` if any loss term is NaN/inf on any process (all processes raise together).
+        """Raise `NonFiniteLossError` if any loss term is NaN/inf on any process (all processes raise together).
 
         Called by ``training_step`` before it returns the loss, i.e. before backward and the optimizer step.
         """
@@ -156,7 +164,7 @@ class FaceRecognitionModule(L.LightningModule):
         if trainer is not None:
             where = f" (epoch {self.current_epoch}, batch {batch_idx} of the epoch, process {trainer.global_rank})"
         details = ", ".join(f"{name}={value.item():.6g}" for name, value in zip(terms, values, strict=True))
-        raise FloatingPointError(
+        raise NonFiniteLossError(
             f"non-finite loss at optimizer step {self.global_step + 1}{where}: {details} (a NaN/inf on any process "
             "stops all of them). Training stopped before this step's backward pass: the weights, and the "
             "checkpoint written on exit, are those after step " f"{self.global_step}; resuming from it continues "

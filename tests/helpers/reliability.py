@@ -155,6 +155,21 @@ class NaNAtStep(L.Callback):
         self.weights[trainer.global_step] = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
 
+class RaiseAtStep(L.Callback):
+    """Raises ``RuntimeError("injected failure at optimizer step S on process R")`` at the start of optimizer step
+    ``step`` (1-based) on process ``rank`` only: a rank-local failure, as a corrupt record drawn by one
+    process's loader or a CUDA out-of-memory error on one GPU."""
+
+    def __init__(self, step: int, rank: int = 0) -> None:
+        self.step = step
+        self.rank = rank
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.global_step + 1 == self.step and trainer.global_rank == self.rank:
+            raise RuntimeError(f"injected failure at optimizer step {self.step} on process {self.rank}")
+
+
 # -- comparisons ---------------------------------------------------------------------------------------------
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts/lists of a checkpoint as ``{"a/b/0": leaf}``."""

@@ -50,7 +50,7 @@ def pair_score_table(checkpoint: str | os.PathLike, datamodule: Any, bf16: bool,
     from fskd.evaluation.verification import evaluate_pairs, fuse_flip, pair_scores
     from fskd.models.loading import load_backbone
 
-    backbone = load_backbone(checkpoint)
+    backbone = load_backbone(checkpoint, allow_student=True)
     images_by_set: dict[int, torch.Tensor] = {}
     scores: dict[tuple[str, int], np.ndarray] = {}
     accuracies: dict[str, float] = {}

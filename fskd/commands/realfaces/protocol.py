@@ -137,11 +137,12 @@ class Experiment:
             checkpoints = self.fit(f"recipe_lr{lr}_m{margin}", root, Recipe(lr, margin, self.preset.max_steps),
                                    student="base_14", seed=0, save_every=min(self.preset.step_choices))
             for steps in self.preset.step_choices:
-                found = sorted(checkpoints.glob(f"*step={steps}.ckpt")) or (
+                found = sorted(path for path in checkpoints.glob(f"*step={steps}.ckpt")  # not exception-...
+                               if not path.name.startswith(("exception-", "sigterm-"))) or (
                     [checkpoints / "last.ckpt"] if steps == self.preset.max_steps else [])
                 if not found:
                     raise FileNotFoundError(f"{checkpoints}: no checkpoint of step {steps}")
-                row = score(load_backbone(found[0]), **validation, resolutions=(14,))[0]
+                row = score(load_backbone(found[0], allow_student=True), **validation, resolutions=(14,))[0]
                 trials.append({"lr": lr, "margin": margin, "steps": steps, "val_acc_14": row["acc"]})
         best = max(trials, key=lambda t: (t["val_acc_14"], -trials.index(t)))
         recipe = Recipe(best["lr"], best["margin"], best["steps"])
@@ -189,7 +190,7 @@ class Experiment:
                         rows = teacher_rows
                     else:
                         checkpoints = self.fit(f"fold{fold}_seed{seed}_{model}", root, recipe, model, seed)
-                        rows = score(load_backbone(checkpoints / "last.ckpt"), **test_set,
+                        rows = score(load_backbone(checkpoints / "last.ckpt", allow_student=True), **test_set,
                                      resolutions=self.preset.resolutions)
                     self.append(model, fold, seed, rows)
         return recipe, trials
