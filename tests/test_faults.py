@@ -164,8 +164,8 @@ def test_a_student_checkpoint_is_refused_as_a_teacher_unless_asked_for(tiny_root
     teacher = _teacher_ckpt(tmp_path / "teacher.ckpt")
     student = _student_ckpt(tmp_path / "student.ckpt", teacher)
     expected = (f"{student}: a distillation student's checkpoint (DistillModule, distilled from {teacher}), not a "
-                "teacher; pass the teacher's own checkpoint, or load_backbone(..., allow_student=True) to use a "
-                "student on purpose")
+                "teacher; pass the teacher's own checkpoint, or --model.allow_student_teacher true "
+                "(load_backbone(..., allow_student=True)) to use a student on purpose")
     with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
         load_backbone(student)
     # Without the class path too (a checkpoint saved by hand): its hyper-parameters say it is a student.
@@ -181,6 +181,10 @@ def test_a_student_checkpoint_is_refused_as_a_teacher_unless_asked_for(tiny_root
         fit(tmp_path, "--data.root", str(tiny_root), "--trainer.max_steps", "2", "--model.teacher_ckpt",
             str(student), config=STUDENT_CONFIG)
     assert not (tmp_path / "runs").exists()
+    # Asked for on purpose: the student serves as the teacher.
+    fit(tmp_path, "--data.root", str(tiny_root), "--trainer.max_steps", "2", "--model.teacher_ckpt", str(student),
+        "--model.allow_student_teacher", "true", config=STUDENT_CONFIG)
+    assert any((tmp_path / "runs").rglob("last.ckpt"))
 
 
 # -- checkpoints: disk full, pickled code, stale temporary files -----------------------------------------------

@@ -231,3 +231,31 @@ def test_predict_without_a_writer_is_refused_before_any_work(synth_root: Path) -
         lightning_main(["predict", "--model", "fskd.systems.TeacherModule", "--model.backbone", "iresnet18",
                         "--model.width", "0.0625", "--data.root", str(synth_root),
                         "--data.predict_source", str(synth_root / "train.rec"), "--trainer.logger", "false"])
+
+
+class _TwoRankStrategy:
+    """all_gather of this rank's tensor with another rank's, which ran the same code on ``other``."""
+
+    root_device = torch.device("cpu")
+
+    def __init__(self, other: torch.Tensor) -> None:
+        self.other = other
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.dtype == torch.int64 and tensor.ndim == 1 and tensor.shape[0] == self.other.ndim:  # the shapes
+            return torch.stack([tensor, torch.tensor(self.other.shape)])
+        other = torch.zeros_like(tensor)
+        other[: self.other.shape[0]] = self.other
+        return torch.stack([tensor, other])
+
+
+def test_a_rank_without_images_pads_to_the_other_ranks_width() -> None:
+    """An empty rank's (0, 0) embeddings are gathered as (0, D): the all-gather shapes agree on every rank."""
+    from fskd.callbacks.embeddings import _gather_padded
+
+    rows = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    trainer = SimpleNamespace(world_size=2, strategy=_TwoRankStrategy(rows))
+    torch.testing.assert_close(_gather_padded(torch.zeros(0, 0), trainer), rows)
+    indices = torch.tensor([4, 5, 6])
+    trainer = SimpleNamespace(world_size=2, strategy=_TwoRankStrategy(indices))
+    assert _gather_padded(torch.zeros(0, dtype=torch.int64), trainer).tolist() == [4, 5, 6]

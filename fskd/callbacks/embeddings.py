@@ -43,11 +43,15 @@ def _gather_padded(tensor: torch.Tensor, trainer: Any) -> torch.Tensor:
         return tensor
     strategy = trainer.strategy
     device = strategy.root_device
-    count = torch.tensor([tensor.shape[0]], device=device)
-    counts = strategy.all_gather(count).reshape(-1).tolist()
-    padded = torch.zeros((max(counts), *tensor.shape[1:]), dtype=tensor.dtype, device=device)
+    # Gather whole shapes, not only row counts: a rank that embedded nothing holds a (0, 0) tensor and must pad
+    # to the others' width, or the all-gather's shapes differ between ranks (a hang or an error under NCCL).
+    shape = torch.tensor([tensor.shape[0], *tensor.shape[1:]], device=device)
+    shapes = strategy.all_gather(shape).reshape(world_size, -1)
+    counts = shapes[:, 0].tolist()
+    trailing = tuple(int(v) for v in shapes[:, 1:].max(dim=0).values)
+    padded = torch.zeros((max(counts), *trailing), dtype=tensor.dtype, device=device)
     padded[: tensor.shape[0]] = tensor.to(device)
-    gathered = strategy.all_gather(padded).reshape(world_size, max(counts), *tensor.shape[1:])
+    gathered = strategy.all_gather(padded).reshape(world_size, max(counts), *trailing)
     return torch.cat([gathered[rank, :n] for rank, n in enumerate(counts)]).cpu()
 
 

@@ -185,7 +185,8 @@ class FskdArgumentParser(LightningArgumentParser):
 #: validation protocols, speed options and where the teacher and the positives are read from. Every other
 #: one is fixed by what the checkpoint restores (weights, optimizer and schedule state, loss modules).
 APPLIED_ON_RESUME = frozenset({"protocols", "check_finite_loss", "check_labels", "channels_last", "compile",
-                               "teacher_ckpt", "positives_path", "save_teacher"})
+                               "teacher_ckpt", "positives_path", "save_teacher",
+                               "allow_student_teacher"})
 
 
 def _comparable(value: Any) -> Any:

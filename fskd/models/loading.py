@@ -175,8 +175,8 @@ def load_backbone(path: str | os.PathLike, prefix: str = "backbone.",
     if not allow_student and is_student(checkpoint):
         teacher = (checkpoint["hyper_parameters"].get("teacher_ckpt") or "?")
         raise ValueError(f"{path}: a distillation student's checkpoint (DistillModule, distilled from {teacher}), "
-                         "not a teacher; pass the teacher's own checkpoint, or load_backbone(..., "
-                         "allow_student=True) to use a student on purpose")
+                         "not a teacher; pass the teacher's own checkpoint, or --model.allow_student_teacher true "
+                         "(load_backbone(..., allow_student=True)) to use a student on purpose")
     arch = architecture(checkpoint, path)
     if expected:
         different = {k: (arch.get(k), v) for k, v in expected.items() if arch.get(k) != v}

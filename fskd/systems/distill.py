@@ -44,6 +44,8 @@ class DistillModule(FaceRecognitionModule):
             (``<stem>.positives.npz``). Reused while the training images, labels, margin and teacher match.
         logit_distill: also distil the logits (Hinton KD, T = 4, weight 1), with any method; reads the
             teacher's margin head.
+        allow_student_teacher: accept a distilled student's checkpoint as ``teacher_ckpt`` (refused by default:
+            it is usually a mistaken path).
         init_from_teacher: start the student from the teacher's weights instead of from scratch.
         save_teacher: also store the teacher's weights in every student checkpoint (off: they are reloaded from
             ``teacher_ckpt``, which keeps student checkpoints small).
@@ -62,6 +64,7 @@ class DistillModule(FaceRecognitionModule):
         cross_margin: float = 0.0,
         positives_path: str | None = None,
         logit_distill: bool = False,
+        allow_student_teacher: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -89,7 +92,7 @@ class DistillModule(FaceRecognitionModule):
 
     # -- teacher -----------------------------------------------------------------------------------------------
     def _load_teacher(self, path: str) -> None:
-        teacher = load_backbone(path)
+        teacher = load_backbone(path, allow_student=self.hparams.allow_student_teacher)
         student = self.backbone
         need = self.distill_input
         if need == "features" and self.distill_loss.same_channels and \
