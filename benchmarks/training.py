@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fp32", action="store_true", help="also time the plain loop without autocast")
     parser.add_argument("--no-finite-check", action="store_true",
                         help="also time the plain loop with the modules' check_finite_loss off (its per-step "
-                             "host synchronisation matters on a GPU)")
+                             "part: a record kept on the device)")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="also time the plain loop with torch.backends.cudnn.benchmark on (CUDA only)")
     args = parser.parse_args(argv)

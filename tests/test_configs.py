@@ -148,6 +148,7 @@ def test_experiment_command(run: str) -> None:
             (300, [180, 255], 150)
         assert (data.root, data.batch_size, data.num_workers, data.val_batch_size) == ("data/synth", 64, 2, 100)
         assert list(data.val_resolutions) == [112, 14] and config.trainer.accelerator == "cpu"
+        assert config.trainer.benchmark is None  # no cuDNN on a CPU
     else:
         assert (model.backbone, model.width, model.embedding_size) == ("iresnet50", 1.0, 512)
         assert (config.trainer.max_steps, list(model.milestones), config.trainer.val_check_interval) == \
@@ -156,6 +157,9 @@ def test_experiment_command(run: str) -> None:
         assert list(data.val_resolutions) == [112, 56, 28, 14]
         assert list(data.val_sets) == ["agedb_30", "lfw", "cfp_fp"]
         assert (config.trainer.devices, config.checkpoint.every_n_train_steps) == (1, 2000)
+        # GPU configs: cuDNN autotuning for the fixed 112x112 shapes; BatchNorm statistics per process, as the
+        # authors' single GPU computed them over its batch (docs/reliability.md, "Several GPUs").
+        assert config.trainer.benchmark is True and config.trainer.sync_batchnorm is False
 
 
 def test_print_config_shows_the_stacked_recipe(capsys: pytest.CaptureFixture[str]) -> None:

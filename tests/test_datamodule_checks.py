@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
+import torch
+from torchvision.io import encode_jpeg
 
 import fskd.data.datamodule as datamodule_module
 from fskd.data.binfile import load_bin, save_bin
@@ -15,6 +18,8 @@ from fskd.data.datamodule import FaceDataModule
 from fskd.data.datasets import FolderFaceDataset
 from fskd.data.errors import DataFormatError
 from fskd.data.folder import prepare
+from fskd.data.recordio import FaceRecordFile, IndexedRecordWriter, IRHeader, pack
+from fskd.data.sampler import ResumableSampler
 from tests.helpers.reliability import checkpoint_path, fit, single_thread
 
 SETS = ("agedb_30", "lfw", "cfp_fp")
@@ -112,6 +117,77 @@ def test_a_miscased_set_is_an_error_naming_the_file_found(synth_root: Path, tmp_
                                                 r"or evaluation/lfw\.txt\); found LFW\.bin, which differs only in "
                                                 r"case: rename it to lfw\.bin \(names are case-sensitive\)$"):
         module.setup("validate")
+
+
+# -- suspicious inputs, warned once with their count ----------------------------------------------------------
+def _tiny_jpeg(height: int, width: int) -> bytes:
+    return encode_jpeg(torch.full((3, height, width), 128, dtype=torch.uint8)).numpy().tobytes()
+
+
+def _data_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "fskd.data.datamodule" and r.levelname == "WARNING"]
+
+
+def test_small_verification_images_are_warned_once_with_count_and_first(synth_root: Path, tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    images, issame = load_bin(synth_root / "lfw.bin")
+    images[3], images[8] = _tiny_jpeg(1, 1), _tiny_jpeg(20, 40)
+    save_bin(root / "lfw.bin", images, issame)
+    module = FaceDataModule(str(root), num_workers=0, val_resolutions=[112, 14])
+    with caplog.at_level(logging.WARNING, logger="fskd.data.datamodule"):
+        module.setup("validate")
+        module.setup("test")
+    assert _data_warnings(caplog) == [
+        f"{root / 'lfw.bin'}: 2 of the 400 images of verification set lfw are smaller than 32 pixels on a side "
+        "before resizing (the first: image 3 (pair 1), 1x1); each is scaled up to 112x112: broken crops or "
+        "placeholders?"]
+    assert module.val_datasets[0][3]["image"].shape == (3, 112, 112)  # still evaluated, as before
+
+
+def test_a_verification_set_without_pairs_is_left_out_with_a_warning(synth_root: Path, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    root = _bins(synth_root, tmp_path / "data", {"agedb_30": "agedb_30.bin"})
+    save_bin(root / "lfw.bin", [], [])
+    with caplog.at_level(logging.WARNING, logger="fskd.data.datamodule"):
+        module = FaceDataModule(str(root), num_workers=0, val_resolutions=[14])
+        module.setup("validate")
+        assert [spec.name for spec in module.val_specs] == ["agedb_30"]
+        alone = FaceDataModule(str(root), num_workers=0, val_sets=["lfw"])
+        alone.setup("validate")
+        assert alone.val_specs == [] and alone.val_dataloader() == []
+    assert _data_warnings(caplog) == [
+        f"{root / 'lfw.bin'}: verification set lfw has no pairs: it is left out of validation",
+        f"{root / 'lfw.bin'}: verification set lfw has no pairs: it is left out of validation",
+        f"no verification set with pairs in {root}: validation is skipped"]
+
+
+def test_small_training_images_are_warned_once_with_count_and_first(tiny_root: Path, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Counted on the host as batches go by, over the first epoch (3 batches of 16: the 40 images, 8 of them
+    twice), and warned once, naming the first small one met; later epochs add nothing."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_root, data)
+    faces = FaceRecordFile(data / "train.rec", data / "train.idx")
+    records = [faces.read_image(i) for i in range(len(faces))]
+    faces.close()
+    small = {5: (1, 1), 22: (24, 100)}
+    with IndexedRecordWriter(data / "train.rec", data / "train.idx") as writer:
+        for key, (label, payload) in enumerate(records, start=1):
+            if key - 1 in small:
+                payload = _tiny_jpeg(*small[key - 1])
+            writer.write(key, pack(IRHeader(0, float(label), key, 0), payload))
+    with single_thread(), caplog.at_level(logging.WARNING, logger="fskd.data.datamodule"):
+        cli = fit(tmp_path, "--data.root", str(data), "--trainer.max_steps", "7", "--trainer.limit_val_batches", "0")
+    order = ResumableSampler(range(40), 16, seed=0).global_order(0).tolist()
+    first = next(index for index in order if index in small)
+    count = sum(index in small for index in order)
+    assert _data_warnings(caplog) == [
+        f"{count} of the 48 training images read in the first epoch are smaller than 32 pixels on a side before "
+        f"resizing (the first: {data / 'train.rec'} (record {first + 1}), {small[first][0]}x{small[first][1]}); "
+        "each is scaled up to 112x112: broken crops or placeholders?"]
+    assert cli.trainer.global_step == 7
 
 
 # -- evaluation that Lightning would run but could not complete -----------------------------------------------

@@ -40,6 +40,7 @@ from tests.helpers.reliability import (
     checkpoint_path,
     config_args,
     fit,
+    recorded_steps,
     single_thread,
     working_directory,
 )
@@ -95,6 +96,76 @@ def test_nonfinite_loss_stops_naming_step_and_terms_with_the_good_weights_saved(
     exception_state = torch.load(checkpoint_path(tmp_path, config, "exception-epoch=1-step=4.ckpt"),
                                  weights_only=True)
     assert exception_state["global_step"] == 4 and exception_state["state_dict"].keys() == saved["state_dict"].keys()
+
+
+def test_nonfinite_loss_found_at_a_later_check_saves_the_state_of_the_check_before_it(tiny_root: Path,
+                                                                                     tmp_path: Path) -> None:
+    """With ``sync_every`` 4 the loss is read after steps 3 (validation, end of epoch), 4 and 6 (validation): the
+    NaN of step 5 is found after step 6, when steps 5 and 6 have written NaN into the weights. The checkpoint
+    written holds the state of the check after step 4 (weights, statistics, counters, data position), and no
+    validation or checkpoint ran on the corrupted weights."""
+    with working_directory(tmp_path), single_thread():
+        cli = lightning_main([*config_args(TEACHER_CONFIG), *TINY, "--data.root", str(tiny_root),
+                              "--trainer.max_steps", "8", "--model.sync_every", "4"], run=False)
+        poison = NaNAtStep(step=5)
+        cli.trainer.callbacks.insert(0, poison)
+        expected = (r"non-finite loss at optimizer step 5 \(epoch 1, batch 1 of the epoch, process 0\): ce=nan "
+                    r"\(a NaN/inf on any process stops all of them; found at the check after step 6, the loss being "
+                    r"read every 4 steps \(--model.sync_every\)\)\. The checkpoint written on exit holds the state "
+                    r"after step 4")
+        with pytest.raises(NonFiniteLossError, match=expected):
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert not all(torch.isfinite(v).all() for v in poison.weights[6].values() if v.is_floating_point())
+    saved = torch.load(checkpoint_path(tmp_path), weights_only=True)
+    assert saved["global_step"] == 4 and saved["FaceDataModule"]["position"] == {"epoch": 1, "consumed": 16,
+                                                                                  "seed": 0, "size": 40}
+    for key, value in saved["state_dict"].items():
+        assert torch.equal(value, poison.weights[4][key]), key
+    exception_state = torch.load(checkpoint_path(tmp_path, name="exception-epoch=1-step=4.ckpt"), weights_only=True)
+    assert exception_state["global_step"] == 4 and exception_state["optimizer_states"]
+    assert sorted(p.name for p in checkpoint_path(tmp_path).parent.glob("*.ckpt")) == [
+        "epoch=0-step=3.ckpt", "exception-epoch=1-step=4.ckpt", "last.ckpt"]
+
+
+def test_nonfinite_loss_before_the_first_check_saves_nothing(tiny_root: Path, tmp_path: Path) -> None:
+    """A NaN at step 1 with ``sync_every`` 4, found after step 3: no check had passed, so there is no good state
+    of this fit to save, and none is written."""
+    with working_directory(tmp_path), single_thread():
+        cli = lightning_main([*config_args(TEACHER_CONFIG), *TINY, "--data.root", str(tiny_root),
+                              "--trainer.max_steps", "8", "--model.sync_every", "4"], run=False)
+        cli.trainer.callbacks.insert(0, NaNAtStep(step=1))
+        with pytest.raises(NonFiniteLossError, match=r"optimizer step 1 .*found at the check after step 3.*No "
+                                                     r"check had passed in this fit before it, so nothing is saved"):
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert list(checkpoint_path(tmp_path).parent.glob("*.ckpt")) == []
+
+
+# -- an unwritable checkpoint folder -------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["parent is a file", "read-only folder"])
+def test_an_unwritable_checkpoint_folder_fails_before_the_first_step(how: str, tiny_root: Path,
+                                                                    tmp_path: Path) -> None:
+    """Found at setup, in one line naming the folder, instead of at the first checkpoint (2,000 steps into the
+    real recipe). As root the mode bits do not stop a write, so the folder is tried by writing, not with
+    ``os.access``; the read-only case needs a user that the mode bits stop."""
+    if how == "parent is a file":
+        (tmp_path / "blocked").write_text("a file where a folder should be")
+        folder = tmp_path / "blocked" / "checkpoints"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("running as root: a folder's mode bits do not prevent writing into it")
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o500)
+    with working_directory(tmp_path), single_thread():
+        cli = lightning_main([*config_args(TEACHER_CONFIG), *TINY, "--data.root", str(tiny_root), "--trainer.max_steps",
+                              "3", "--checkpoint.dirpath", str(folder),
+                              "--trainer.callbacks+=tests.helpers.reliability.RecordBatches"], run=False)
+        with pytest.raises(OSError) as caught:
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    message = str(caught.value)
+    assert message.startswith(f"{folder}: cannot write checkpoints into this folder (") and "\n" not in message
+    assert "--checkpoint.dirpath" in message
+    assert recorded_steps(cli) == [] and cli.trainer.global_step == 0
 
 
 # -- data faults ---------------------------------------------------------------------------------------------

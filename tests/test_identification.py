@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import inspect
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import fskd.evaluation.identification
 from fskd.cli import main as cli_main
 from fskd.data.degrade import degrade_fixed
 from fskd.data.errors import DataFormatError
@@ -138,6 +140,43 @@ def test_scale_of_features_does_not_matter_and_torch_inputs_work():
     probe_t, labels_t = torch.from_numpy(probe * scales), torch.from_numpy(probe_labels)
     scaled = cmc_scores(probe_t, labels_t, gallery, gallery_labels)
     assert scaled == cmc_scores(probe, probe_labels, gallery, gallery_labels)
+
+
+def test_ranking_runs_on_the_cpu_in_float64_whatever_device_embedded(tmp_path, face_jpegs, monkeypatch):
+    """`identify --device D` embeds on D and ranks on the CPU (before, the float64 products ran on D, which on
+    most GPUs computes float64 at 1/32-1/64 of the float32 rate): the ranking takes no device, every similarity
+    product is a float64 product of CPU tensors, and the ranks are those of the float64 reference."""
+    for function in (rank_gallery, cmc_scores):
+        assert "device" not in inspect.signature(function).parameters
+    products = []
+    original = torch.Tensor.__matmul__
+
+    def matmul(left, right):
+        products.append((left.device.type, left.dtype, right.device.type, right.dtype))
+        return original(left, right)
+
+    probe, _, gallery, _ = random_problem(3)
+    monkeypatch.setattr(torch.Tensor, "__matmul__", matmul)
+    indices, scores = rank_gallery(torch.from_numpy(probe), torch.from_numpy(gallery), k=10, chunk_size=16)
+    monkeypatch.undo()
+    assert products and set(products) == {("cpu", torch.float64, "cpu", torch.float64)}
+    order, reference = brute_force_order(probe, gallery)
+    np.testing.assert_array_equal(indices, order[:, :10])
+    np.testing.assert_array_equal(scores, reference[:, :10])
+    # The command passes its --device to the embedding only.
+    calls = []
+    ranking = fskd.evaluation.identification.cmc_scores
+    monkeypatch.setattr(fskd.evaluation.identification, "cmc_scores",
+                        lambda *args, **kwargs: calls.append(kwargs) or ranking(*args, **kwargs))
+    for identity in range(2):
+        for n in range(2):
+            path = tmp_path / "faces" / f"person{identity}" / f"{n}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(face_jpegs[2 * identity + n])
+    checkpoint = save_checkpoint(tiny_backbone(3), tmp_path / "tiny.ckpt")
+    assert cli_main(["identify", "--ckpt", str(checkpoint), "--root", str(tmp_path / "faces"), "--ranks", "1",
+                     "--device", "cpu"]) == 0
+    assert len(calls) == 1 and "device" not in calls[0]
 
 
 def test_cmc_rejects_bad_input():

@@ -15,20 +15,24 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fskd.commands.lightning import resume_conflicts
+from fskd.commands.lightning import lightning_main, resume_conflicts
 from fskd.data.datamodule import FaceDataModule
 from fskd.data.sampler import ResumableSampler
+from fskd.systems.base import NonFiniteLossError
 from tests.conftest import REPO
 from tests.helpers.reliability import (
     STUDENT_CONFIG,
     TEACHER_CONFIG,
     TINY,
+    NaNAtStep,
     checkpoint_path,
+    config_args,
     fit,
     recorded_steps,
     single_thread,
     subprocess_env,
     training_state_differences,
+    working_directory,
 )
 
 TOTAL_STEPS = 8
@@ -193,6 +197,25 @@ def test_max_steps_then_resume_equals_uninterrupted(system: str, stop: int, unin
     assert resumed["lr_schedulers"][0]["_last_lr"] == [pytest.approx(0.01)]  # milestone 5, after the resume
     if system == "student":
         assert not any(k.startswith("teacher.") for k in resumed["state_dict"])  # reloaded from teacher_ckpt
+
+
+def test_resume_from_the_state_saved_after_a_late_nan_equals_uninterrupted(uninterrupted: dict, tiny_root: Path,
+                                                                          tmp_path: Path) -> None:
+    """The NaN of step 5, read at the check after step 6 (``sync_every`` 4), leaves the state of the check after
+    step 4, taken at the end of that batch; resuming from it (without the NaN) trains steps 5-8 exactly as the
+    uninterrupted run did."""
+    reference, reference_steps, _ = uninterrupted["teacher"]
+    with working_directory(tmp_path), single_thread():
+        cli = lightning_main([*config_args(TEACHER_CONFIG), *TINY, "--data.root", str(tiny_root),
+                              "--trainer.max_steps", str(TOTAL_STEPS), "--model.sync_every", "4"], run=False)
+        cli.trainer.callbacks.insert(0, NaNAtStep(step=5))
+        with pytest.raises(NonFiniteLossError, match="holds the state after step 4"):
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    with single_thread():
+        resumed = fit(tmp_path, "--data.root", str(tiny_root), "--trainer.max_steps", str(TOTAL_STEPS),
+                      "--ckpt_path", "last", *RECORD)
+    assert recorded_steps(resumed) == reference_steps[4:]
+    assert training_state_differences(reference, checkpoint_path(tmp_path)) == []
 
 
 @pytest.mark.slow

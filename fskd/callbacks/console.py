@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import ModelSummary, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -58,7 +60,41 @@ def quiet_console() -> None:
 
 class ProgressBar(RichProgressBar):
     """Lightning's rich progress bar, truthful for step-based recipes: "Epoch 6 of a 47000-step run" instead of
-    "Epoch 6/-2" (``max_epochs: -1``), and without the logger's version number among the metrics."""
+    "Epoch 6/-2" (``max_epochs: -1``), and without the logger's version number among the metrics.
+
+    Reading a logged value is a host synchronisation (the host waits for the device to compute it), so the
+    training values are read at sparse steps only: ``train_metrics`` (those logged, from the trainer's callback
+    metrics; the systems log them without ``prog_bar``, which Lightning would read after every batch) are
+    shown every ``metrics_every`` optimizer steps, and at the end of an epoch and of a validation. ``None``: at the
+    checks of the module (``sync_interval``, see `fskd.systems.checks`), else every
+    ``trainer.log_every_n_steps`` steps, so that the bar reads the device when the loop does anyway. The bar
+    itself still advances after every batch (host-side only).
+    """
+
+    def __init__(self, *args: Any, metrics_every: int | None = None,
+                 train_metrics: Sequence[str] = ("train/ce", "train/distill"), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if metrics_every is not None and metrics_every < 1:
+            raise ValueError(f"metrics_every must be a positive number of steps or None, got {metrics_every}")
+        self.metrics_every = metrics_every
+        self.train_metrics = tuple(train_metrics)
+
+    def metrics_due(self, trainer: Any, pl_module: Any) -> bool:
+        """Whether the batch that just ended updates the metrics shown (see the class doc)."""
+        every = self.metrics_every
+        if every is None:
+            interval = getattr(pl_module, "sync_interval", None)
+            every = interval() if callable(interval) else (getattr(trainer, "log_every_n_steps", 0) or 50)
+        return trainer.global_step % every == 0 or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # RichProgressBar's own, with the metrics updated only when due.
+        if not self.is_disabled and self.train_progress_bar_id is None:
+            self._initialize_train_progress_bar_id()  # resumed in the middle of an epoch
+        self._update(self.train_progress_bar_id, batch_idx + 1)
+        if self.metrics_due(trainer, pl_module):
+            self._update_metrics(trainer, pl_module)
+        self.refresh()
 
     def _get_train_description(self, current_epoch: int) -> str:
         trainer = self.trainer
@@ -71,6 +107,11 @@ class ProgressBar(RichProgressBar):
     def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
+        logged = trainer.callback_metrics
+        for name in self.train_metrics:
+            value = logged.get(name)
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                metrics[name] = value.item()
         return metrics
 
 

@@ -50,7 +50,8 @@ def _gather_padded(tensor: torch.Tensor, trainer: Any) -> torch.Tensor:
     counts = shapes[:, 0].tolist()
     trailing = tuple(int(v) for v in shapes[:, 1:].max(dim=0).values)
     padded = torch.zeros((max(counts), *trailing), dtype=tensor.dtype, device=device)
-    padded[: tensor.shape[0]] = tensor.to(device)
+    if tensor.shape[0]:
+        padded[: tensor.shape[0]] = tensor.to(device)
     gathered = strategy.all_gather(padded).reshape(world_size, max(counts), *trailing)
     return torch.cat([gathered[rank, :n] for rank, n in enumerate(counts)]).cpu()
 

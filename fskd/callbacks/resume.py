@@ -7,14 +7,20 @@ mid-epoch (Lightning's epoch count would drift by one on resume), and ``save_on_
 fitting (``validate``/``test`` failing would otherwise overwrite the run's ``last.ckpt`` with a checkpoint
 without optimizer state), names what it saves after the cause (``exception-epoch=0-step=3.ckpt``,
 ``sigterm-...``; ``last.ckpt`` gets the same state) and, under DDP, saves only for exceptions raised on every
-process together (`fskd.callbacks.failures`): a save after a rank-local failure would hang the run.
+process together (`fskd.callbacks.failures`): a save after a rank-local failure would hang the run. After a
+non-finite loss it writes the state of the last check passed (`fskd.systems.base.NonFiniteLossError`), not the
+live one. Before the first step of a fit it checks that its folder can be written (on global rank 0), so that
+an unwritable ``--checkpoint.dirpath`` fails at once rather than at the first checkpoint, hours later.
 
 `GracefulSigterm` replaces Lightning's SIGTERM handler during ``fit``. Lightning 2.6's handler broadcasts
 from inside the signal handler and forwards the signal to the processes it launched; when every process gets
 SIGTERM (SLURM, ``kill`` of a process group) the processes run mismatched collectives and crash without a
-checkpoint. Here the handler only records the request; at the end of each training batch the processes agree
-(one tiny all-reduce) and all stop together at the same batch boundary, after that step's validation if one is
-due, through Lightning's usual SIGTERM path (checkpoint written by ``save_on_exception``).
+checkpoint. Here the handler only records the request; the processes agree on it at the checks of
+`fskd.systems.checks.TrainingChecks` (the same all-reduce as the NaN check: every ``sync_every`` steps, every
+step on a CPU), or, for a module without them, at the end of every training batch, and all stop together at the
+same batch boundary, after that step's validation if one is due, through Lightning's usual SIGTERM path
+(checkpoint written by ``save_on_exception``). Lightning's own per-step broadcast of its SIGTERM flag (a host
+synchronisation per step under DDP) is turned off for those fits: only this agreement sets the flag.
 
 `GlobalRNGState` saves the global torch (CPU and current CUDA device), numpy and Python ``random`` states
 in every checkpoint and puts them back when training resumes. The training order, the flips and the
@@ -26,9 +32,14 @@ with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
+import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -40,6 +51,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from fskd.callbacks.failures import describe_exception, raised_on_every_process
+from fskd.systems.base import NonFiniteLossError
+from fskd.systems.checks import TrainingChecks, validation_due, weights_only
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +124,54 @@ def exception_prefix(exception: BaseException) -> str:
     return "sigterm" if isinstance(exception, SIGTERMException) else "exception"
 
 
+def unwritable_folder(folder: str | os.PathLike) -> str | None:
+    """Why checkpoints cannot be written into ``folder`` (created if missing), or None when they can.
+
+    Tried by creating and deleting a file there, not with ``os.access``: as root, ``os.access`` (and the mode
+    bits) say yes to everything, while a read-only mount or a parent that is a file still say no.
+    """
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".fskd-write-test-"):
+            pass
+    except OSError as error:
+        return f"{type(error).__name__}: {error.strerror or error}"
+    return None
+
+
+@contextmanager
+def dumping(trainer: L.Trainer, state: dict[str, Any]) -> Iterator[None]:
+    """Make ``trainer.save_checkpoint`` (and so every save of a ``ModelCheckpoint``) write ``state`` instead of the
+    live training state, within the block."""
+    connector = trainer._checkpoint_connector
+
+    def dump_checkpoint(weights_only_: bool | None = False) -> dict[str, Any]:
+        return weights_only(state, trainer) if weights_only_ else state
+
+    connector.dump_checkpoint = dump_checkpoint  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del connector.dump_checkpoint
+
+
 class FskdCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose ``last.ckpt`` always holds the final state of a fit (see the module doc)."""
 
     # A class attribute, not an __init__: the CLI reads the options from ModelCheckpoint's own signature.
     _saving_at_train_end = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Lightning's setup (it resolves the folder), then, for ``fit``, a write test of the folder on global rank
+        0; every process raises the same one-line error if it fails."""
+        super().setup(trainer, pl_module, stage)
+        if stage != "fit" or self.dirpath is None:
+            return
+        reason = unwritable_folder(self.dirpath) if trainer.is_global_zero else None
+        reason = trainer.strategy.broadcast(reason)
+        if reason is not None:
+            raise OSError(f"{self.dirpath}: cannot write checkpoints into this folder ({reason}); nothing was "
+                          "trained: pass a writable --checkpoint.dirpath (or --trainer.default_root_dir)")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.save_last and self._last_global_step_saved != trainer.global_step:
@@ -156,6 +212,9 @@ class FskdCheckpoint(ModelCheckpoint):
                       "save); --ckpt_path last resumes from the last checkpoint written before it",
                       type(exception).__name__, trainer.global_rank)
             return
+        if isinstance(exception, NonFiniteLossError):
+            self._save_state_of_last_check(trainer, exception)
+            return
         monitor_candidates = self._monitor_candidates(trainer)
         filepath = self.format_checkpoint_name(monitor_candidates, prefix=exception_prefix(exception))
         self._save_checkpoint(trainer, filepath)
@@ -163,18 +222,37 @@ class FskdCheckpoint(ModelCheckpoint):
         rank_zero_info(f"{describe_exception(exception)}: saved the state to {filepath} and to "
                        f"{self.last_model_path} (--ckpt_path last resumes from it)")
 
+    def _save_state_of_last_check(self, trainer: L.Trainer, exception: NonFiniteLossError) -> None:
+        """After a non-finite loss: the training state of the last check passed, as ``exception-...ckpt`` (named
+        after that state's epoch and step) and ``last.ckpt``; nothing when no check had passed."""
+        state = exception.state
+        if state is None:
+            rank_zero_info("NonFiniteLossError before the first check of this fit: nothing is saved for it")
+            return
+        monitor_candidates = self._monitor_candidates(trainer)
+        monitor_candidates.update(epoch=torch.tensor(int(state["epoch"])),
+                                  step=torch.tensor(int(state["global_step"])))
+        filepath = self.format_checkpoint_name(monitor_candidates, prefix=exception_prefix(exception))
+        with dumping(trainer, state):
+            self._save_checkpoint(trainer, filepath)
+            self._save_last_checkpoint(trainer, monitor_candidates)
+        rank_zero_info(f"{describe_exception(exception)}: saved the state of step {int(state['global_step'])}, "
+                       f"the last check passed, to {filepath} and to {self.last_model_path}")
+
 
 class GracefulSigterm(L.Callback):
     """SIGTERM during ``fit``: stop every process at the same batch boundary, then save (see the module doc).
 
-    ``requested`` is set by the signal handler of this process; the decision to stop is taken together at
-    ``on_train_batch_end``. When validation is due after that batch, the stop waits for its end, so that no
-    checkpoint is taken in the middle of a validation.
+    ``requested`` is set by the signal handler of this process. The decision to stop is taken together at the
+    checks of `TrainingChecks` when the module brings them (every ``sync_every`` steps under DDP; at once in a
+    single process), else at every ``on_train_batch_end``. When validation is due after that batch, the stop
+    waits for its end, so that no checkpoint is taken in the middle of a validation.
     """
 
     def __init__(self) -> None:
         self.requested = False
         self._after_validation = False
+        self._delegated = False
 
     def _handle(self, signum: int, frame: Any) -> None:
         if not self.requested:
@@ -186,6 +264,27 @@ class GracefulSigterm(L.Callback):
         # restores the original handlers when the fit ends).
         if trainer.state.fn == TrainerFn.FITTING and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._handle)
+            if trainer.received_sigterm:
+                # Caught by Lightning's handler before this one was installed: agree on it like any other.
+                trainer._signal_connector.received_sigterm = False
+                self.requested = True
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        checks = [c for c in trainer.callbacks if isinstance(c, TrainingChecks)]
+        self._delegated = stage == "fit" and bool(checks)
+        if not self._delegated:
+            return
+        for callback in checks:
+            callback.add_host_flag(self._read_requested, self._agreed)
+        # Lightning broadcasts its SIGTERM flag before every training batch under DDP (a host synchronisation per
+        # step); here the flag is set only by the agreement above, on every process at once, so it has nothing
+        # to broadcast.
+        trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = _no_broadcast
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._delegated:
+            trainer.fit_loop.epoch_loop.__dict__.pop("_broadcast_sigterm_tensor", None)
+            self._delegated = False
 
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install(trainer)
@@ -193,18 +292,21 @@ class GracefulSigterm(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install(trainer)
 
+    def _read_requested(self) -> bool:
+        return self.requested
+
+    def _agreed(self, trainer: L.Trainer) -> None:
+        """Every process learnt that some process got SIGTERM: stop after this batch (or its validation)."""
+        self.requested = True
+        if validation_due(trainer):
+            self._after_validation = True
+        else:
+            self._stop(trainer)
+
     @staticmethod
     def _stop(trainer: L.Trainer) -> None:
         # Lightning raises SIGTERMException at the end of this batch (after validation) on every process.
         trainer._signal_connector.received_sigterm = True
-
-    @staticmethod
-    def _validation_due(trainer: L.Trainer) -> bool:
-        epoch_loop = trainer.fit_loop.epoch_loop
-        try:
-            return bool(epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
-        except Exception:  # another Lightning version: stop now rather than never
-            return False
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -213,18 +315,19 @@ class GracefulSigterm(L.Callback):
             self._after_validation = False
             self._stop(trainer)
             return
+        if self._delegated:
+            return  # TrainingChecks agrees on the request (`_agreed`)
         stop = self.requested
         if trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if not stop:
-            return
-        self.requested = True
-        if self._validation_due(trainer):
-            self._after_validation = True
-        else:
-            self._stop(trainer)
+        if stop:
+            self._agreed(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._after_validation and not trainer.sanity_checking:
             self._after_validation = False
             self._stop(trainer)
+
+
+def _no_broadcast() -> None:
+    """Stands in for Lightning's per-step SIGTERM broadcast in fits whose stop `GracefulSigterm` agrees on."""

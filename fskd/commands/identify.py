@@ -100,8 +100,9 @@ def main(argv: Sequence[str]) -> int:
                "interpolation": args.interpolation, "device": args.device, "num_workers": args.workers}
     probe_features = embed_images(backbone, probes, **options)
     gallery_features = embed_images(backbone, gallery, **options)
+    # Ranked on the CPU in float64 whatever --device embedded the images (see fskd.evaluation.identification).
     results = cmc_scores(probe_features, probe_labels, gallery_features, gallery_labels, args.ranks,
-                         args.chunk_size, device=args.device)
+                         args.chunk_size)
     print(f"embedded and ranked in {time.perf_counter() - start:.1f} s")
     for line in report_lines(results, len(gallery)):
         print(line)

@@ -29,7 +29,12 @@ one of their images is read and decoded (`PairImageDataset.check_images`, a few 
 sets; skipped when the trainer's limit below is 0); the listed files of the folder layout exist; an empty
 evaluation grid (``val_resolutions: []`` or ``val_sets: []``) and a ``limit_val_batches``/``limit_test_batches``
 that would cut a set short are refused unless the limit is 0, which turns evaluation off (the 10-fold protocol
-needs every pair of a set).
+needs every pair of a set). A verification set without pairs is left out with a warning.
+
+Suspicious inputs are warned about once per data set, with their count and the first one: images decoded
+smaller than `fskd.data.images.SMALL_IMAGE_SIDE` pixels on a side (before the size rule scales them up), for a
+verification set at setup, for the training set over the first epoch this process trains on (counted on the
+host as the batches go by, from the sizes the datasets report, before the batch reaches the device).
 
 Loader processes: only the training loader keeps persistent workers (``num_workers``, prefetch 4). Evaluation
 loaders (validation, test, predict) start ``val_num_workers`` workers (default ``min(num_workers, 2)``, prefetch
@@ -64,9 +69,10 @@ from fskd.data.datasets import (
 from fskd.data.degrade import MODES, RANDOM_MODES, Degradation, DegradationPlan, degrade_fixed
 from fskd.data.errors import DataFormatError
 from fskd.data.folder import VERIFICATION_SETS
-from fskd.data.images import IMAGE_SIZE, normalize
+from fskd.data.images import IMAGE_SIZE, SMALL_IMAGE_SIDE, normalize
 from fskd.data.positives import PositiveTable
 from fskd.data.sampler import ResumableSampler
+from fskd.data.transfer import to_device_async
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +283,9 @@ class FaceDataModule(L.LightningDataModule):
         self._opened_train_set: Dataset | None = None
         self.train_sampler: ResumableSampler | None = None
         self._pending_position: dict[str, int] | None = None
+        # Small training images seen so far: [count, images seen, first (index, height, width) or None].
+        self._small_training: list[Any] = [0, 0, None]
+        self._small_training_reported = False
 
     # -- sizes -------------------------------------------------------------------------------------------------
     @property
@@ -331,6 +340,7 @@ class FaceDataModule(L.LightningDataModule):
         self.generator = torch.Generator().manual_seed(self.seed)
         if stage in (None, "fit"):
             self.train_sampler, self._pending_position = None, None
+            self._small_training, self._small_training_reported = [0, 0, None], False
         if stage in (None, "fit") and self.train_set is None:
             train_set = self._base_training_set()
             self._check_classes(train_set)
@@ -342,8 +352,20 @@ class FaceDataModule(L.LightningDataModule):
         evaluates = self._check_evaluation_limit(stage)
         if evaluates and not self._verification_checked:
             for dataset in dict.fromkeys(self.val_datasets):
-                dataset.check_images()
+                small = dataset.check_images()
+                if small:
+                    index, height, width = small[0]
+                    self._warn("%s: %d of the %d images of verification set %s are smaller than %d pixels on a "
+                               "side before resizing (the first: %s, %dx%d); each is scaled up to %dx%d: broken "
+                               "crops or placeholders?", dataset.source, len(small), len(dataset), dataset.name,
+                               SMALL_IMAGE_SIDE, dataset.describe(index), height, width, self.image_size,
+                               self.image_size)
             self._verification_checked = True
+
+    def _warn(self, message: str, *args: Any) -> None:
+        """A warning about the data, once per run (from global rank 0)."""
+        if self._rank() == 0:
+            log.warning(message, *args)
 
     def _check_classes(self, train_set: Dataset) -> None:
         """Fail before training when ``property`` contradicts the training set: fewer classes than the record
@@ -375,7 +397,16 @@ class FaceDataModule(L.LightningDataModule):
                     open_verification_set(self.root, name, self.image_size)  # raises, naming the file found
             if not names:
                 log.warning("no verification set (%s) in %s: validation is skipped", VERIFICATION_SETS, self.root)
-        datasets = [open_verification_set(self.root, name, self.image_size) for name in names]
+        datasets = []
+        for name in names:
+            dataset = open_verification_set(self.root, name, self.image_size)
+            if dataset.num_pairs == 0:
+                self._warn("%s: verification set %s has no pairs: it is left out of validation", dataset.source,
+                           name)
+                continue
+            datasets.append(dataset)
+        if names and not datasets:
+            self._warn("no verification set with pairs in %s: validation is skipped", self.root)
         for dataset in datasets:
             if dataset.num_pairs % 10:
                 raise ValueError(f"{dataset.source}: {dataset.num_pairs} pairs cannot form 10 folds")
@@ -523,6 +554,49 @@ class FaceDataModule(L.LightningDataModule):
         """Names of the ``predict_source`` images in index order (read by `fskd.callbacks.EmbeddingWriter`)."""
         return None if self.predict_set is None else list(self.predict_set.names)
 
+    # -- suspicious training images ----------------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the small images of a training batch on the host (the sizes go no further than here)."""
+        if isinstance(batch, dict) and "decoded_size" in batch:
+            heights, widths = (torch.as_tensor(side).numpy() for side in batch.pop("decoded_size"))
+            self._count_small_images(np.minimum(heights, widths), heights, widths,
+                                     torch.as_tensor(batch.pop("index")).numpy())
+        return batch
+
+    def _count_small_images(self, sides: np.ndarray, heights: np.ndarray, widths: np.ndarray,
+                            indices: np.ndarray) -> None:
+        if self._small_training_reported:
+            return
+        small = sides < SMALL_IMAGE_SIDE
+        record = self._small_training
+        if small.any():
+            record[0] += int(small.sum())
+            if record[2] is None:
+                first = int(np.argmax(small))
+                record[2] = (int(indices[first]), int(heights[first]), int(widths[first]))
+        record[1] += len(sides)
+        if self.train_sampler is not None and record[1] >= len(self.train_sampler):
+            self._report_small_images("in the first epoch")
+
+    def _report_small_images(self, scope: str) -> None:
+        """Warn once about the small training images counted (if any), then stop counting."""
+        self._small_training_reported = True
+        count, seen, first = self._small_training
+        if not count:
+            return
+        dataset = self._base_training_set()
+        describe = getattr(dataset, "describe", lambda index: f"image {index}")
+        index, height, width = first
+        reader = " by this process" if self._world_size() > 1 else ""
+        self._warn("%d of the %d training images read %s%s are smaller than %d pixels on a side before resizing "
+                   "(the first: %s, %dx%d); each is scaled up to %dx%d: broken crops or placeholders?", count, seen,
+                   scope, reader, SMALL_IMAGE_SIDE, describe(index), height, width, self.image_size,
+                   self.image_size)
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit" and not self._small_training_reported:
+            self._report_small_images("so far")  # a fit that ended before its first epoch did
+
     # -- on-device transforms ----------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, Any]:
         if "label" in batch:
@@ -561,8 +635,9 @@ class FaceDataModule(L.LightningDataModule):
         total = images.shape[0] * world
         if self.flip:
             # Flip the uint8 pixels before normalising: a quarter of the bytes of a float flip, same result.
-            # torch.where (not boolean indexing) so that a GPU never waits on a host synchronisation.
-            flip = (torch.rand(total, generator=self.generator)[rank::world] < 0.5).to(images.device)
+            # torch.where (not boolean indexing) and a non-blocking copy of the mask drawn on the CPU generator,
+            # so that the host never waits for a GPU here.
+            flip = to_device_async(torch.rand(total, generator=self.generator)[rank::world] < 0.5, images.device)
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         hr = normalize(images)
         if self.degradation.is_identity:

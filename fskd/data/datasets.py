@@ -4,6 +4,10 @@ Formats, detected from the files in a data root:
 
 * insightface: ``train.rec`` + ``train.idx`` (+ ``property``) and ``<set>.bin``;
 * extracted (the authors' utility or ``fskd prepare``): ``train.list`` + ``image/`` and ``evaluation/``.
+
+Training items also carry their ``index`` and ``decoded_size`` (height, width before the size rule of
+`fskd.data.images.decode_face`), so that the DataModule can count suspiciously small images as batches go by
+(`fskd.data.datamodule`); `PairImageDataset.check_images` lists those of a verification set.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +24,7 @@ from torch.utils.data import Dataset
 from fskd.data.binfile import load_bin
 from fskd.data.errors import DataFormatError
 from fskd.data.folder import TRAIN_LIST, read_pair_list_with_lines, read_train_list
-from fskd.data.images import IMAGE_SIZE, decode_face
+from fskd.data.images import IMAGE_SIZE, SMALL_IMAGE_SIDE, decode_rgb, fit_to_square
 from fskd.data.recordio import FaceRecordFile
 
 
@@ -54,12 +59,18 @@ class RecordFaceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+    def describe(self, index: int) -> str:
+        """Item ``index`` for messages: the file and its record."""
+        return f"{self.rec_path} (record {self.records.image_keys[index]})"
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
         label, payload = self.records.read_image(index)
         key = self.records.image_keys[index]
         if not 0 <= label < self.num_classes:
             raise DataFormatError(self.rec_path, f"label {label} outside 0..{self.num_classes - 1}", key)
-        return {"image": decode_face(payload, self.rec_path, key, self.image_size), "label": label}
+        image = decode_rgb(payload, self.rec_path, key)
+        return {"image": fit_to_square(image, self.image_size), "label": label, "index": index,
+                "decoded_size": tuple(image.shape[-2:])}
 
 
 class FolderFaceDataset(Dataset):
@@ -85,14 +96,20 @@ class FolderFaceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+    def describe(self, index: int) -> str:
+        """Item ``index`` for messages: the file and its line of ``train.list``."""
+        return f"{self.paths[index]} (line {index + 1} of {self.list_path})"
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.paths[index]
         try:
             payload = path.read_bytes()
         except OSError as error:
             raise DataFormatError(path, f"cannot read image listed at line {index + 1} of {self.list_path}: "
                                   f"{error.strerror}") from None
-        return {"image": decode_face(payload, path, None, self.image_size), "label": int(self.labels[index])}
+        image = decode_rgb(payload, path, None)
+        return {"image": fit_to_square(image, self.image_size), "label": int(self.labels[index]), "index": index,
+                "decoded_size": tuple(image.shape[-2:])}
 
 
 class PairImageDataset(Dataset):
@@ -129,7 +146,9 @@ class PairImageDataset(Dataset):
             return f"image {index} (pair {index // 2})"
         return f"image {index} (pair {index // 2}, line {self.lines[index // 2]} of {self.source})"
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+    def decode(self, index: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Image ``index`` as the model gets it (uint8 (3, image_size, image_size)) and its decoded (height,
+        width) before the size rule."""
         item = self.images[index]
         if isinstance(item, Path):
             source = item
@@ -141,19 +160,27 @@ class PairImageDataset(Dataset):
         else:
             source, payload = self.source, item
         try:
-            image = decode_face(payload, source, None, self.image_size)
+            image = decode_rgb(payload, source, None)
         except DataFormatError as error:
             raise DataFormatError(source, f"{self.describe(index)}: {error.reason}") from None
-        return {"image": image, "index": index}
+        return fit_to_square(image, self.image_size), (int(image.shape[-2]), int(image.shape[-1]))
 
-    def check_images(self) -> None:
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        return {"image": self.decode(index)[0], "index": index}
+
+    def check_images(self) -> list[tuple[int, int, int]]:
         """Read and decode every image once, as the loader workers will, and drop the pixels: the first image
         that fails raises its `DataFormatError` now instead of at the first validation, after training steps.
+        Returns the images decoded smaller than `SMALL_IMAGE_SIDE` on a side, as ``(index, height, width)``.
 
         About 5,000 112x112 JPEGs a second on one core: a few seconds for AgeDB-30's 12,000 images.
         """
+        small = []
         for index in range(len(self.images)):
-            self[index]
+            height, width = self.decode(index)[1]
+            if min(height, width) < SMALL_IMAGE_SIDE:
+                small.append((index, height, width))
+        return small
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.source!r}, pairs={self.num_pairs})"

@@ -22,8 +22,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from fskd.data.transfer import to_device_async
 
 LOW_RESOLUTIONS = (14, 28, 56)
 MODES = ("nearest", "bilinear", "bicubic", "area")
@@ -128,19 +131,30 @@ class Degradation:
         return DegradationPlan(resolution, down, up)
 
     def apply(self, images: torch.Tensor, plan: DegradationPlan) -> torch.Tensor:
-        """Degrade ``images`` (B, C, H, W float) following ``plan``, one interpolate call per group."""
-        keys = torch.stack([plan.resolution, plan.down_mode, plan.up_mode], dim=1)
-        groups = torch.unique(keys, dim=0).tolist()
+        """Degrade ``images`` (B, C, H, W float) following ``plan``, one interpolate call per group.
+
+        The groups are found on the host from the CPU plan (numpy, no device round trip); the rows of every
+        group go to the device in one non-blocking copy (`to_device_async`), so that a batch on a GPU makes the
+        host wait for nothing, however many (resolution, down, up) groups it has (up to 48 for ``random``).
+        """
+        keys = np.stack([plan.resolution.numpy(), plan.down_mode.numpy(), plan.up_mode.numpy()], axis=1)
+        # Sorted lexicographically like torch.unique(dim=0); `group` maps every row to its group.
+        groups, group = np.unique(keys, axis=0, return_inverse=True)
         if len(groups) == 1:
             # One resolution and mode pair for the whole batch (fixed policies): no gather/scatter copies.
-            resolution, down, up = groups[0]
+            resolution, down, up = (int(v) for v in groups[0])
             return degrade_fixed(images, resolution, MODES[down], MODES[up])
+        # Rows sorted by group, ascending within each group (stable): group g is order[starts[g]:starts[g + 1]].
+        group = group.reshape(-1)
+        order = np.argsort(group, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=len(groups)))])
+        rows_of = to_device_async(torch.from_numpy(order), images.device)
         out = images.clone()
-        for key in groups:
-            resolution, down, up = key
+        for index, key in enumerate(groups):
+            resolution, down, up = (int(v) for v in key)
             if resolution >= images.shape[-1]:
                 continue
-            rows = torch.nonzero((keys == torch.tensor(key)).all(dim=1)).flatten().to(images.device)
+            rows = rows_of[int(starts[index]):int(starts[index + 1])]
             out[rows] = degrade_fixed(images[rows], resolution, MODES[down], MODES[up])
         return out
 

@@ -4,8 +4,9 @@ Images travel from the loader workers to the device as uint8 (3, H, W) tensors, 
 normalisation to [-1, 1] happens on the device. Channel order is RGB everywhere (as insightface; the authors'
 cv2-based code used BGR, which matters only when loading their checkpoints).
 
-Every reader (``.rec``, ``.bin``, ``train.list``, identity folders, prediction folders) goes through `decode_face`,
-so one rule brings any stored image to the model input (docs/formats.md, section 5).
+Every reader (``.rec``, ``.bin``, ``train.list``, identity folders, prediction folders) goes through `decode_face`
+(or its two halves, `decode_rgb` then `fit_to_square`, where the decoded size is wanted), so one rule brings any
+stored image to the model input (docs/formats.md, section 5).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from torchvision.io import ImageReadMode, decode_image
 from fskd.data.errors import DataFormatError
 
 IMAGE_SIZE = 112
+
+#: Decoded images with a side shorter than this (before the size rule scales them to `IMAGE_SIZE`) are counted and
+#: warned about once per data set: a face crop that small is almost always a broken crop or a placeholder.
+SMALL_IMAGE_SIDE = 32
 
 # torchvision 0.29 announces the move of its decoders to torchcodec; they remain the fastest CPU/GPU JPEG path here.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",

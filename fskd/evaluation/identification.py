@@ -12,6 +12,11 @@ O(chunk x chunk + probes x k). Ranking is deterministic: features are L2-normali
 float32, similarities are computed in float64 and rounded to float32, then ordered by (similarity descending,
 gallery index ascending), so ties go to the lower gallery index whatever the chunk sizes (see `rank_gallery`).
 
+The ranking always runs on the CPU, whatever device embedded the images (`embed_images` returns numpy arrays):
+float64 runs at 1/32-1/64 of the float32 rate on most GPUs, and float32 similarities would order near-ties
+differently from one device or BLAS to another. TinyFace's 3,728 probes x 157,871 gallery items x 512
+dimensions are 0.6 TFLOP of float64, seconds on a few CPU cores, against minutes of embedding.
+
 Gallery layouts on disk (TinyFace, identity folders) are read by `fskd.data.layouts`. Plain PyTorch and
 numpy; no Lightning.
 """
@@ -44,9 +49,10 @@ _INDEX_SPAN = 1 << _INDEX_BITS
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _as_features(features: np.ndarray | torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
-    """L2-normalised rows (computed in float64, stored as float32 to halve the memory of a large gallery)."""
-    tensor = torch.as_tensor(features).to(device=device)
+def _as_features(features: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
+    """L2-normalised rows on the CPU (computed in float64, stored as float32 to halve the memory of a large
+    gallery)."""
+    tensor = torch.as_tensor(features).detach().cpu()
     if tensor.ndim != 2 or tensor.shape[0] == 0 or tensor.shape[1] == 0:
         raise ValueError(f"{name} must be a non-empty (N, E) feature matrix, got shape {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
@@ -88,23 +94,20 @@ def _decode_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def rank_gallery(probe: np.ndarray | torch.Tensor, gallery: np.ndarray | torch.Tensor, k: int,
-                 chunk_size: int = 4096, device: str | torch.device | None = None,
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` most similar gallery items of every probe, by cosine similarity of L2-normalised features.
 
     Returns ``(indices, scores)``, both (N, min(k, M)): gallery indices (int64) and float32 similarities,
     best first; ties go to the lower gallery index. Probes and gallery are processed in blocks of
-    ``chunk_size`` rows, merging each block's candidates into a running top-k per probe.
+    ``chunk_size`` rows, merging each block's candidates into a running top-k per probe; the similarities are
+    float64 products on the CPU (tensors on a device are copied there first, see the module doc).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if device is None:
-        device = probe.device if isinstance(probe, torch.Tensor) else torch.device("cpu")
-    device = torch.device(device)
-    probe_t = _as_features(probe, "probe", device)
-    gallery_t = _as_features(gallery, "gallery", device)
+    probe_t = _as_features(probe, "probe")
+    gallery_t = _as_features(gallery, "gallery")
     if probe_t.shape[1] != gallery_t.shape[1]:
         raise ValueError(f"probe features have {probe_t.shape[1]} dimensions, gallery {gallery_t.shape[1]}")
     if gallery_t.shape[0] >= _INDEX_SPAN:
@@ -121,14 +124,14 @@ def rank_gallery(probe: np.ndarray | torch.Tensor, gallery: np.ndarray | torch.T
             running = torch.topk(candidates, min(keep, candidates.shape[1]), dim=1, sorted=True).values
         best_keys.append(running)
     indices, scores = _decode_keys(torch.cat(best_keys))
-    return indices.cpu().numpy(), scores.cpu().numpy()
+    return indices.numpy(), scores.numpy()
 
 
 def cmc_scores(probe: np.ndarray | torch.Tensor, probe_labels: np.ndarray | Sequence[int],
                gallery: np.ndarray | torch.Tensor, gallery_labels: np.ndarray | Sequence[int],
-               ranks: Sequence[int] = DEFAULT_RANKS, chunk_size: int = 4096,
-               device: str | torch.device | None = None) -> dict[int, float | None]:
-    """Closed-set CMC: for each rank r, the fraction of probes whose label is among the top-r gallery items.
+               ranks: Sequence[int] = DEFAULT_RANKS, chunk_size: int = 4096) -> dict[int, float | None]:
+    """Closed-set CMC: for each rank r, the fraction of probes whose label is among the top-r gallery items
+    (ranked on the CPU in float64 by `rank_gallery`).
 
     Features need not be normalised (they are L2-normalised here). Gallery items labelled `DISTRACTOR_LABEL`
     never match. A rank larger than the gallery (its number of items) is not applicable and maps to ``None``:
@@ -143,7 +146,7 @@ def cmc_scores(probe: np.ndarray | torch.Tensor, probe_labels: np.ndarray | Sequ
     gallery_count = torch.as_tensor(gallery).shape[0]
     probe_labels_t = _as_labels(probe_labels, probe_count, "probe_labels")
     gallery_labels_t = _as_labels(gallery_labels, gallery_count, "gallery_labels")
-    indices, _ = rank_gallery(probe, gallery, max(ranks), chunk_size, device)
+    indices, _ = rank_gallery(probe, gallery, max(ranks), chunk_size)
     top_labels = gallery_labels_t[torch.from_numpy(indices)]
     hits = (top_labels == probe_labels_t[:, None]) & (top_labels != DISTRACTOR_LABEL)
     first_hit_within = torch.cumsum(hits.to(torch.int64), dim=1) > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,19 +14,34 @@ from torch import nn
 
 from fskd.models import create_backbone, create_head
 from fskd.models.loading import IMPORT_KEY
+from fskd.systems.checks import ALL_FINITE, TrainingChecks
 from fskd.systems.metric import VerificationMetric
 
 log = logging.getLogger(__name__)
 
 PAPER_MILESTONES = (18000, 28000, 36000, 44000)
 
+#: Steps between two host synchronisations of the training loop on an accelerator when neither ``sync_every``
+#: nor the trainer says otherwise (Lightning's default ``log_every_n_steps``).
+DEFAULT_SYNC_EVERY = 50
+
 
 class NonFiniteLossError(FloatingPointError):
-    """A NaN/inf loss (`FaceRecognitionModule.check_finite`). Under DDP the processes agree on it first, so it is
-    raised on every process at the same step: ``raised_on_every_process`` tells the failure handling
-    (`fskd.callbacks.failures`) that the processes may still save a checkpoint together."""
+    """A NaN/inf loss (`FaceRecognitionModule.check_finite`), found at a check of `fskd.systems.checks`. The
+    processes agree on it first, so it is raised on every process at the same step: ``raised_on_every_process``
+    tells the failure handling (`fskd.callbacks.failures`) that the processes may still save a checkpoint
+    together.
+
+    ``state`` is the training state of the last check passed before the bad step (a checkpoint dictionary, which
+    `fskd.callbacks.FskdCheckpoint` writes instead of the live state, possibly corrupted since), or None when no
+    check had passed in this fit (then nothing is saved).
+    """
 
     raised_on_every_process = True
+
+    def __init__(self, message: str, state: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.state = state
 
 
 class FaceRecognitionModule(L.LightningModule):
@@ -42,10 +58,19 @@ class FaceRecognitionModule(L.LightningModule):
         milestones, gamma: learning-rate decay points in optimizer steps (iterations), as the authors.
         protocols: verification protocols computed at validation; the first is logged as ``acc``.
         check_finite_loss: stop with a `NonFiniteLossError` (a `FloatingPointError`) naming the step and the
-            loss terms when a loss is NaN or infinite, before the backward pass, so that the weights (and the
-            checkpoint written on the way out) are those of the last good step; the buffers the failed forward
-            pass updated (BatchNorm running statistics) are put back too. Costs a copy of those buffers, one host
-            synchronisation and, under DDP, one tiny all-reduce (so that every process stops together) per step.
+            loss terms when a loss is NaN or infinite. The loss terms are checked on the device at every step
+            and read at the checks of `fskd.systems.checks.TrainingChecks` (every ``sync_every`` steps), so a
+            non-finite loss stops the run up to ``sync_every - 1`` steps late; the checkpoint written on the way
+            out is then the complete state of the last check passed before it (weights, BatchNorm statistics,
+            optimizer, counters, data position: what a checkpoint taken then would hold), kept on the device at
+            every check. Costs that copy (the size of the weights and optimizer state) and, under DDP, nothing
+            more than the all-reduce the checks run anyway.
+        sync_every: optimizer steps between two host synchronisations of the training loop (the NaN check
+            above and, under DDP, the agreement on SIGTERM; `fskd.systems.checks`), which also happen after the
+            last batch of an epoch, before a validation or a step checkpoint, and when training ends. ``None``:
+            every step on a CPU (a synchronisation costs nothing there, and a NaN is then caught at its step),
+            ``trainer.log_every_n_steps`` (Lightning's default 50) on an accelerator, where the loggers and the
+            progress bar read the logged values at those same steps.
         check_labels: the head checks ``0 <= label < num_classes`` on every step (one more host
             synchronisation). Off by default: the datasets already check every label against the number of
             classes on the CPU, in the loader, and name the record (the CLI links ``num_classes`` from them).
@@ -77,12 +102,15 @@ class FaceRecognitionModule(L.LightningModule):
         gamma: float = 0.1,
         protocols: Sequence[str] = ("fskd", "insightface"),
         check_finite_loss: bool = True,
+        sync_every: int | None = None,
         check_labels: bool = False,
         channels_last: bool = False,
         fused_optimizer: bool = False,
         compile: bool = False,
     ) -> None:
         super().__init__()
+        if sync_every is not None and sync_every < 1:
+            raise ValueError(f"sync_every must be a positive number of steps or None, got {sync_every}")
         self.save_hyperparameters()
         self.backbone = create_backbone(backbone, mode=mode, neck=neck, width=width,
                                         embedding_size=embedding_size, dropout=dropout)
@@ -92,7 +120,11 @@ class FaceRecognitionModule(L.LightningModule):
         self._channels_last_active = False
         self.val_metrics = nn.ModuleList()
         self.val_specs: list = []
-        self._buffers_before_step: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # The device-side NaN record of `check_finite` (see `finite_loss_state`).
+        self._loss_terms: tuple[str, ...] = ()
+        self._loss_history: torch.Tensor | None = None
+        self._first_nonfinite: torch.Tensor | None = None
+        self._step_places: deque[tuple[int, int, int]] = deque()
 
     # -- model -------------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -131,44 +163,90 @@ class FaceRecognitionModule(L.LightningModule):
         logits = self.head(embedding, labels)
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
-        self.log(f"{prefix}/ce", loss, prog_bar=True)
+        # Not prog_bar: Lightning converts progress-bar values to numbers after every batch (a host
+        # synchronisation); fskd's ProgressBar reads them at its own, sparser updates.
+        self.log(f"{prefix}/ce", loss)
         self.log(f"{prefix}/acc", accuracy)
         return loss
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.hparams.get("check_finite_loss", True):
-            # Buffers that this step's forward pass may change (running statistics of modules in training mode).
-            self._buffers_before_step = [
-                (buffer, buffer.detach().clone()) for module in self.modules() if module.training
-                for buffer in module.buffers(recurse=False)
-            ]
+    # -- non-finite losses and host synchronisation ------------------------------------------------------------
+    def configure_callbacks(self) -> list[L.Callback]:
+        """`TrainingChecks`, which reads the NaN record of `check_finite` every `sync_interval` steps."""
+        return [TrainingChecks()]
+
+    def sync_interval(self) -> int:
+        """Optimizer steps between two checks of `TrainingChecks` (see ``sync_every``)."""
+        every = self.hparams.get("sync_every")
+        if every is not None:
+            return int(every)
+        if self.device.type == "cpu":
+            return 1
+        trainer = self._trainer
+        return int(getattr(trainer, "log_every_n_steps", 0) or DEFAULT_SYNC_EVERY)
+
+    def on_train_start(self) -> None:
+        self._loss_history = self._first_nonfinite = None
 
     def check_finite(self, batch_idx: int, **terms: torch.Tensor) -> None:
-        """Raise `NonFiniteLossError` if any loss term is NaN/inf on any process (all processes raise together).
+        """Record, on the device and without waiting for it, whether the loss terms of this step are finite.
 
-        Called by ``training_step`` before it returns the loss, i.e. before backward and the optimizer step.
+        Called by ``training_step`` with every term of its loss. `TrainingChecks` reads the record every
+        `sync_interval` steps and raises `nonfinite_error` for the first step whose terms were not finite, on
+        every process together.
         """
         if not self.hparams.get("check_finite_loss", True):
             return
         values = torch.stack([value.detach().float().reshape(()) for value in terms.values()])
-        bad = not bool(torch.isfinite(values).all())
+        step, window = self.global_step + 1, self.sync_interval()
+        history = self._loss_history
+        if history is None or history.shape != (window, len(values)) or history.device != values.device:
+            self._loss_terms = tuple(terms)
+            self._loss_history = values.new_full((window, len(values)), float("nan"))
+            self._first_nonfinite = torch.full((), ALL_FINITE, dtype=torch.int64, device=values.device)
+            self._step_places = deque(maxlen=window)
+        # The last `window` steps' terms (a check comes at least every `window` steps), for the message.
+        self._loss_history[step % window] = values
+        self._step_places.append((step, self.current_epoch, batch_idx))
+        bad = ~torch.isfinite(values).all()
+        torch.maximum(self._first_nonfinite, torch.where(bad, -step, ALL_FINITE), out=self._first_nonfinite)
+
+    def finite_loss_state(self) -> torch.Tensor | None:
+        """The device-side NaN record (int64 scalar): `ALL_FINITE`, or minus the first optimizer step whose loss
+        terms were not finite; None when ``check_finite_loss`` is off or no step was recorded in this fit."""
+        if not self.hparams.get("check_finite_loss", True):
+            return None
+        return self._first_nonfinite
+
+    def nonfinite_error(self, step: int, checked_step: int, state: dict[str, Any] | None) -> NonFiniteLossError:
+        """The error for a non-finite loss at optimizer ``step`` (on this or another process), found at the check
+        after ``checked_step``; ``state`` is the training state of the last check passed (see
+        `NonFiniteLossError`). Names this process's loss terms at that step."""
         trainer = self._trainer
-        if trainer is not None and trainer.world_size > 1:
-            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if not bad:
-            return
-        with torch.no_grad():
-            for buffer, saved in self._buffers_before_step:
-                buffer.copy_(saved)
         where = ""
-        if trainer is not None:
-            where = f" (epoch {self.current_epoch}, batch {batch_idx} of the epoch, process {trainer.global_rank})"
-        details = ", ".join(f"{name}={value.item():.6g}" for name, value in zip(terms, values, strict=True))
-        raise NonFiniteLossError(
-            f"non-finite loss at optimizer step {self.global_step + 1}{where}: {details} (a NaN/inf on any process "
-            "stops all of them). Training stopped before this step's backward pass: the weights, and the "
-            "checkpoint written on exit, are those after step " f"{self.global_step}; resuming from it continues "
-            "with the next batch. Lower the learning rate or use --trainer.precision 32-true / bf16-mixed.")
+        place = next(((epoch, batch) for s, epoch, batch in self._step_places if s == step), None)
+        if trainer is not None and place is not None:
+            where = f" (epoch {place[0]}, batch {place[1]} of the epoch, process {trainer.global_rank})"
+        details = "?"
+        if self._loss_history is not None and place is not None:
+            values = self._loss_history[step % len(self._loss_history)].tolist()
+            details = ", ".join(f"{name}={value:.6g}" for name, value in zip(self._loss_terms, values, strict=True))
+        interval = self.sync_interval()
+        found = "" if checked_step == step else (
+            f"; found at the check after step {checked_step}, the loss being read every {interval} steps "
+            "(--model.sync_every)")
+        if state is not None:
+            saved = int(state["global_step"])
+            outcome = (f"The checkpoint written on exit holds the state after step {saved}, the last check passed "
+                       "(weights, BatchNorm statistics, optimizer, counters, data position, as a checkpoint taken "
+                       f"then): resuming from it trains steps {saved + 1}.. again on the same batches, so start a "
+                       "new run to change the recipe.")
+        else:
+            outcome = ("No check had passed in this fit before it, so nothing is saved for it: the checkpoints "
+                       "written before (the one this fit resumed from, if any) stay as they are.")
+        return NonFiniteLossError(
+            f"non-finite loss at optimizer step {step}{where}: {details} (a NaN/inf on any process stops all of "
+            f"them{found}). {outcome} Lower the learning rate or use --trainer.precision 32-true / bf16-mixed.",
+            state)
 
     # -- optimisation ------------------------------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -193,7 +193,7 @@ class DistillModule(FaceRecognitionModule):
             loss = loss + self.logit_loss.default_weight * terms["logit"]
             self.log("train/logit", terms["logit"])
         self.check_finite(batch_idx, **terms, loss=loss)
-        self.log("train/distill", distill, prog_bar=True)
+        self.log("train/distill", distill)
         self.log("train/loss", loss)
         return loss
 
@@ -229,7 +229,7 @@ class DistillModule(FaceRecognitionModule):
             terms["logit"] = logit
             self.log("train/logit", logit)
         self.check_finite(batch_idx, **terms, loss=loss)
-        self.log("train/distill", distill, prog_bar=True)
+        self.log("train/distill", distill)
         self.log("train/cross", cross)
         self.log("train/loss", loss)
         return loss
