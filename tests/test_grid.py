@@ -31,6 +31,12 @@ def test_without_askd_there_is_no_cbam_teacher() -> None:
                                       "base_multi_seed0"]
 
 
+def test_a_later_seed_alone_trains_what_it_trains_in_the_whole_grid() -> None:
+    assert [m.name for m in models(PRESETS["cpu"], ["base", "fskd"], seeds=[3])] == ["teacher_112_seed0",
+                                                                                       "base_14_seed3",
+                                                                                       "fskd_14_seed3"]
+
+
 def test_askd_alone_trains_only_the_cbam_teacher() -> None:
     assert [m.name for m in models(PRESETS["cpu"], ["askd"], seeds=[0])] == ["teacher_cbam_112_seed0",
                                                                                   "askd_14_seed0"]

@@ -104,9 +104,14 @@ def models(preset: GridPreset, methods: Sequence[str], seeds: Sequence[int] | No
     teachers = [Model("teacher", "112", 0)] if wanted - {"askd"} else []
     if "askd" in wanted:
         teachers.append(Model("teacher_cbam", "112", 0))
+    def full_round(number: int, seed: int) -> bool:
+        # A seed's round is its place in the preset's seeds, so `--seeds 3` alone trains what seed 3 trains in
+        # the whole grid (only the 14 px base and F-SKD students), not a full round.
+        return (preset.seeds.index(seed) if seed in preset.seeds else number) < preset.other_seeds
+
     students = [Model(method, train, seed)
                 for number, seed in enumerate(seeds) for method, train in STUDENTS
-                if method in wanted and (number < preset.other_seeds or (method in MAIN_PAIR and train == "14"))]
+                if method in wanted and (full_round(number, seed) or (method in MAIN_PAIR and train == "14"))]
     return teachers + students
 
 
