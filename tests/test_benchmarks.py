@@ -169,9 +169,20 @@ def test_streaming_table_prints_each_row_as_it_is_added() -> None:
 
 def test_training_benchmark_measures_fp16_with_a_grad_scaler(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Lightning's 16-mixed and an fp16 plain loop with a GradScaler (before: refused, so gpu.sh never ran it)."""
+    import logging
+
     from benchmarks import training
 
-    assert training.main(["--size", "smoke", "--precision", "fp16", "--json", str(tmp_path / "fp16.json")]) == 0
+    # The benchmark sets process-wide state for its own run (one torch thread, quiet Lightning loggers): restore
+    # it afterwards, or later tests run single-threaded and without Lightning's log lines.
+    levels = {name: logging.getLogger(name).level for name in ("lightning.pytorch", "lightning.fabric")}
+    threads = torch.get_num_threads()
+    try:
+        assert training.main(["--size", "smoke", "--precision", "fp16", "--json", str(tmp_path / "fp16.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)  # setLevel also clears the loggers' cached decisions
     printed = capsys.readouterr().out
     (table,) = markdown_tables(printed)
     assert [row[0] for row in table[1:]] == [
