@@ -13,14 +13,18 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from fskd.commands.synth import main as synth_main
 from fskd.data.binfile import load_bin
 from fskd.data.recordio import FaceRecordFile
 from fskd.data.synthetic import (
+    CASIA_IDENTITIES,
+    CASIA_IMAGES,
     LEFT_EYE,
     RIGHT_EYE,
     SKIN_PALETTE,
     VERIFICATION_SETS,
     SynthConfig,
+    casia_image_counts,
     encode_jpeg,
     generate_dataset,
     identity_params,
@@ -156,6 +160,59 @@ def test_pairs_must_be_a_multiple_of_20(tmp_path: Path, pairs: int) -> None:
 def test_size_and_config_must_agree(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="size=112 disagrees with config.image_size=56"):
         generate_dataset(tmp_path, 2, 2, 20, config=SynthConfig(image_size=56))
+
+
+# --- CASIA-shaped data --------------------------------------------------------------------------------------
+
+
+def test_casia_counts_have_casias_size_range_and_skew() -> None:
+    counts = casia_image_counts()
+    assert counts.size == CASIA_IDENTITIES == 10_572 and counts.sum() == CASIA_IMAGES == 494_414
+    assert counts.min() == 2 and counts.max() == 804
+    assert np.median(counts) == 28 and 200 < np.count_nonzero(counts > 200) < 400  # a long tail
+    assert not np.all(np.diff(counts) >= 0), "identities of every size are spread over the label range"
+    assert np.array_equal(counts, casia_image_counts()) and not np.array_equal(counts, casia_image_counts(seed=1))
+    assert casia_image_counts(100, 1000).sum() == 1000
+
+
+@pytest.mark.parametrize(("identities", "images", "message"), [(10, 5, "cannot be spread"),
+                                                               (10, 9000, "cannot be spread"), (0, 5, "identities")])
+def test_casia_counts_refuse_impossible_sizes(identities: int, images: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        casia_image_counts(identities, images)
+
+
+def test_uneven_identities_and_pairs_per_set(tmp_path: Path) -> None:
+    counts = [1, 4, 2]
+    pairs = {"agedb_30": 20, "lfw": 40, "cfp_fp": 60}
+    summary = generate_dataset(tmp_path, 3, counts, pairs)
+    with FaceRecordFile(tmp_path / "train.rec", tmp_path / "train.idx") as records:
+        labels = [records.label_of(i) for i in range(len(records))]
+    assert labels == [0, 1, 1, 1, 1, 2, 2]
+    for name, count in pairs.items():
+        _, issame = load_bin(tmp_path / f"{name}.bin")
+        assert len(issame) == count
+    meta = json.loads((tmp_path / "synthetic.json").read_text())
+    assert meta["train"]["images_per_identity"] == counts
+    assert summary["train_images"] == 7 and summary["pairs_per_set"] == pairs
+    with pytest.raises(ValueError, match="3 counts for 2 identities"):
+        generate_dataset(tmp_path / "bad", 2, counts, 20)
+    with pytest.raises(ValueError, match="name every verification set"):
+        generate_dataset(tmp_path / "bad", 3, counts, {"lfw": 20})
+
+
+def test_synth_command_casia_shape_at_a_small_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "casia"
+    assert synth_main(["--out", str(out), "--shape", "casia", "--identities", "12", "--pairs", "20"]) == 0
+    printed = capsys.readouterr()
+    assert "train_images: 561" in printed.out  # 494,414 x 12 / 10,572 images, CASIA's mean per identity
+    assert re.search(r"bytes_on_disk: \d+", printed.out)
+    assert re.search(r"synthetic: train 561/561 images \(100 %\), [\d,]+ img/s", printed.err)
+    meta = json.loads((out / "synthetic.json").read_text())
+    assert sum(meta["train"]["images_per_identity"]) == 561
+    with pytest.raises(SystemExit):
+        synth_main(["--out", str(tmp_path / "x"), "--images", "100"])
+    assert "--images needs --shape casia" in capsys.readouterr().err
 
 
 # --- images ------------------------------------------------------------------------------------------------

@@ -15,9 +15,13 @@ streams across major versions.
 
 from fskd.data.synthetic.config import HAIR_PALETTE, HAIRSTYLES, SKIN_PALETTE, SynthConfig
 from fskd.data.synthetic.dataset import (
+    CASIA_IDENTITIES,
+    CASIA_IMAGES,
+    CASIA_PAIRS,
     META_FILE,
     VERIFICATION_ID_BASE,
     VERIFICATION_SETS,
+    casia_image_counts,
     dataset_matches,
     generate_dataset,
 )
@@ -38,6 +42,10 @@ from fskd.data.synthetic.faces import (
 from fskd.data.synthetic.tinyface import TINYFACE_ID_BASE, write_tinyface_layout
 
 __all__ = [
+    "CASIA_IDENTITIES",
+    "CASIA_IMAGES",
+    "CASIA_PAIRS",
+    "casia_image_counts",
     "dataset_matches",
     "FACE_CENTRE",
     "GLASSES_COLOURS",
