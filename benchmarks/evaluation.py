@@ -7,7 +7,8 @@ For an AgeDB-30-sized set (12,000 images = 6,000 pairs) it reports, per evaluati
   autocast. On a CPU only ``--images`` images are embedded and the per-image rate is extrapolated to
   ``--target-images`` (JPEG decoding happens in loader workers and is measured by benchmarks/data.py);
 * protocol: `evaluate_pairs` on the real 6,000-pair size with random 512-d features, each protocol alone
-  (``fskd``: concatenated flips, per-fold mean subtraction, 20,001-point threshold grid; ``insightface``).
+  (``fskd``: concatenated flips, per-fold mean subtraction, 20,001-point threshold grid; ``insightface``),
+  and their time ratio (median of the per-round ``fskd / insightface`` ratios).
 
 Run: ``python benchmarks/evaluation.py [--size smoke|small|default] [--device cuda --backbone iresnet50
 --width 1 --images 12000] [--json out.json]``.
@@ -105,15 +106,17 @@ def main(argv: list[str] | None = None) -> int:
                  for protocol in ("fskd", "insightface")}
     protocol_timings = interleaved(protocols, rounds=rounds, warmup=warmup_rounds)
     protocol_seconds = {p: protocol_timings.median(p) for p in ("fskd", "insightface")}
+    protocol_ratio = protocol_timings.time_ratio("fskd", "insightface")
     both = sum(protocol_seconds.values())
 
     # One row per resolution, printed as soon as that resolution is embedded (benchmarks/gpu.sh keeps the rows
     # finished before a time limit). One round each, in the order given, as one interleaved round would.
     table = StreamingTable("Verification cost", [
         "resolution", "embed img/s (image + flip)", f"embed s, {args.target_images:,} images",
-        f"fskd protocol s, {pairs:,} pairs", "insightface protocol s", "total s"])
+        f"fskd protocol s, {pairs:,} pairs", "insightface protocol s", "fskd / insightface", "total s"])
     embed_seconds: dict[int, float] = {}
-    results: dict[str, object] = {"embedding_seconds_measured": embed_seconds, "protocol_seconds": protocol_seconds}
+    results: dict[str, object] = {"embedding_seconds_measured": embed_seconds, "protocol_seconds": protocol_seconds,
+                                  "protocol_time_ratio_fskd_over_insightface": protocol_ratio}
     total = 0.0
     for resolution in args.resolutions:
         timing = interleaved({resolution: lambda r=resolution: embed(backbone, images, r, args.batch, device,
@@ -125,12 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         total += estimate + both
         results[f"embedding {resolution}"] = {"images_per_second": rate, "seconds_for_target": estimate}
         table.row([resolution, fmt(rate), fmt(estimate), fmt(protocol_seconds["fskd"]),
-                   fmt(protocol_seconds["insightface"]), fmt(estimate + both)])
+                   fmt(protocol_seconds["insightface"]), fmt(protocol_ratio), fmt(estimate + both)])
     results["total_seconds_for_target"] = total
     per_resolution = total / len(args.resolutions)
     all_sets = total * ALL_SETS_IMAGES / args.target_images
     results["estimated_seconds_all_three_sets"] = all_sets
-    table.row([f"all {len(args.resolutions)}", "", "", "", "", fmt(total)])
+    table.row([f"all {len(args.resolutions)}", "", "", "", "", "", fmt(total)])
     extrapolated = "measured on all of them" if args.images >= args.target_images else (
         f"embedding measured on {args.images} images and extrapolated")
     notes = [f"{args.backbone} width {args.width}, batch {args.batch} (+ flips), {args.precision} autocast "

@@ -10,6 +10,9 @@ from sklearn.model_selection import KFold
 from sklearn.preprocessing import normalize
 
 from fskd.evaluation.verification import (
+    _FastFskdScores,
+    _fskd_fold_accuracies,
+    _fskd_training_means,
     evaluate_pairs,
     fskd_best_threshold,
     fskd_thresholds,
@@ -51,7 +54,7 @@ def reference_fskd_threshold_matrix(scores, flags):
     return np.mean(REFERENCE_FSKD_GRID[accuracies == np.max(accuracies)])
 
 
-def reference_fskd(left, right, issame, folds=10, loop=False):
+def reference_fskd(left, right, issame, folds=10, loop=False, per_fold=False):
     pairs = len(issame)
     fold = np.arange(pairs) // (pairs // folds)
     flags = np.where(np.asarray(issame), 1, -1)
@@ -68,6 +71,8 @@ def reference_fskd(left, right, issame, folds=10, loop=False):
         choose = reference_fskd_threshold_loop if loop else reference_fskd_threshold_matrix
         threshold = choose(scores[train], flags[train])
         accuracies[k] = reference_fskd_accuracy(scores[test], flags[test], threshold)
+    if per_fold:
+        return accuracies
     return np.mean(accuracies), np.std(accuracies)
 
 
@@ -158,6 +163,72 @@ def test_insightface_protocol_equals_reference(seed, pairs):
     expected = reference_insightface(left, right, issame)
     assert result == expected
     assert 0.6 < result[0] < 1.0 and result[1] > 0.0
+
+
+def test_fskd_protocol_equals_reference_on_large_strided_features():
+    # The real evaluation shape class: 1,024-d (512-d + flip, concatenated) and strided views fused[0::2].
+    # The per-fold training means (one pass, running sums carried across blocks of rows) must be bit-identical
+    # to the reference's copies, and the accuracies (certified fast scores) equal to the reference's.
+    pairs = 1200
+    left, right, issame = clustered_pairs(seed=12, pairs=pairs, dim=1024, noise=4.0)
+    fused = np.empty((2 * pairs, 1024))
+    fused[0::2], fused[1::2] = left, right
+    left, right = fused[0::2], fused[1::2]
+    assert not left.flags.c_contiguous and not right.flags.c_contiguous
+
+    accuracies = _fskd_fold_accuracies(left, right, issame, 10)
+    expected = reference_fskd(left, right, issame, per_fold=True)
+    assert np.array_equal(accuracies, expected)
+    result = verification_accuracy(left, right, issame, protocol="fskd")
+    assert result == (np.mean(expected), np.std(expected))
+    assert 0.6 < result[0] < 0.95 and result[1] > 0.0  # non-trivial thresholds in every fold
+
+    both = np.concatenate((left, right), 0)
+    fold = np.arange(pairs) // (pairs // 10)
+    means = _fskd_training_means(both, np.concatenate((fold, fold)), 10)
+    for k in range(10):
+        train = fold != k
+        reference_mean = np.mean(np.concatenate((left[train], right[train]), 0), 0)
+        assert np.array_equal(means[k], reference_mean)
+
+
+def test_fast_fskd_scores_are_within_their_bound_of_the_reference_scores():
+    left, right, _ = clustered_pairs(seed=14, pairs=600, dim=1024, noise=4.0)
+    fold = np.arange(600) // 60
+    both = np.concatenate((left, right), 0)
+    means = _fskd_training_means(both, np.concatenate((fold, fold)), 10)
+    fast = _FastFskdScores(left, right, means)
+    for k in range(10):
+        scores, bound = fast.fold(k)
+        centred_left, centred_right = left - means[k], right - means[k]
+        exact = np.sum((centred_left / np.sqrt(np.sum(centred_left ** 2, 1))[:, None])
+                       * (centred_right / np.sqrt(np.sum(centred_right ** 2, 1))[:, None]), 1)
+        assert np.all(np.abs(scores - exact) <= bound)
+        assert np.all(bound < 1e-10)  # well-conditioned features: the bound leaves almost nothing in doubt
+
+
+@pytest.mark.parametrize("offset", [1e3, 1e6])
+def test_fskd_protocol_equals_reference_when_features_share_a_large_offset(offset):
+    # Features = a large common vector + small differences: the dot-product scores lose most of their digits
+    # (l.l - 2 l.m + m.m cancels), so the bound puts many pairs in doubt and they are scored again exactly.
+    left, right, issame = clustered_pairs(seed=15, pairs=600, dim=256, noise=4.0)
+    common = np.random.default_rng(15).normal(size=256) * offset
+    left, right = left + common, right + common
+    assert verification_accuracy(left, right, issame, "fskd") == reference_fskd(left, right, issame)
+
+
+@pytest.mark.parametrize("pair", [0, 3, 599])
+def test_fskd_feature_equal_to_training_fold_mean_raises(pair):
+    # A test-fold feature equal to the mean of the other nine folds has no direction after centring (0 / 0).
+    left, right, issame = clustered_pairs(seed=13, pairs=600)
+    fold = np.arange(600) // 60
+    train = fold != fold[pair]
+    mean = np.mean(np.concatenate((left[train], right[train]), 0), 0)
+    (left if pair % 2 == 0 else right)[pair] = mean
+    with np.errstate(invalid="ignore"), pytest.raises(ValueError, match="equals the training-fold mean"):
+        verification_accuracy(left, right, issame, protocol="fskd")
+    # the same features are fine for insightface, which subtracts no mean
+    assert 0.5 < verification_accuracy(left, right, issame, protocol="insightface")[0] < 1.0
 
 
 def test_fskd_protocol_equals_reference_with_explicit_threshold_loop():
