@@ -65,7 +65,7 @@ class RecordFaceDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         label, payload = self.records.read_image(index)
-        key = self.records.image_keys[index]
+        key = self.records.key_of(index)
         if not 0 <= label < self.num_classes:
             raise DataFormatError(self.rec_path, f"label {label} outside 0..{self.num_classes - 1}", key)
         image = decode_rgb(payload, self.rec_path, key)

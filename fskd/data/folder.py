@@ -149,7 +149,7 @@ def extract_training_set(rec_path: str | os.PathLike, idx_path: str | os.PathLik
         total = len(records)
         for i in range(total):
             label, payload = records.read_image(i)
-            key = records.image_keys[i]
+            key = records.key_of(i)
             relative = Path("image") / f"{label:06d}" / f"{key:08d}{_image_suffix(payload)}"
             (out / relative.parent).mkdir(parents=True, exist_ok=True)
             _write_bytes(out / relative, payload)
