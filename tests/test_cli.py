@@ -179,3 +179,24 @@ def test_predict_writes_embeddings_of_a_rec_file(tiny_teacher_ckpt: Path, synth_
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         expected = backbone(degrade_fixed(normalize(images), 14)).embedding.float()
     np.testing.assert_allclose(embeddings[[0, 399]], expected.numpy(), rtol=0.05, atol=0.05)
+
+
+def test_validation_holds_the_features_of_one_set_and_resolution_at_a_time(tiny_root: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # 3 sets x 2 resolutions = 6 loaders read one after another: when loader k sends its first batch, the
+    # accuracies of loaders < k are computed and their features freed, so a validation never holds more than
+    # the current loader's features (on a GPU: 12-15 loaders x 12,000-14,000 images x 2 x 512 floats otherwise).
+    from tests.helpers import callbacks
+
+    monkeypatch.chdir(tmp_path)
+    callbacks.HELD.clear()
+    cli = lightning_main(["validate", "--config", str(CONFIGS / "synthetic.yaml"), "--data.root", str(tiny_root),
+                          *TINY, "--data.val_sets", "[agedb_30,lfw,cfp_fp]", "--data.val_resolutions", "[112,14]",
+                          "--data.val_batch_size", "16",
+                          "--trainer.callbacks+=tests.helpers.callbacks.HeldFeaturesProbe"])
+    assert [loader for loader, _, _ in callbacks.HELD] == [k for k in range(6) for _ in range(3)]  # 40 images / 16
+    for loader, finished, holding in callbacks.HELD:
+        assert finished == list(range(loader)) and holding == [loader]
+    for name in ("agedb_30", "lfw", "cfp_fp"):
+        for resolution in ("112", "14"):
+            assert 0.0 <= float(cli.trainer.callback_metrics[f"val/{name}/{resolution}/acc"]) <= 1.0

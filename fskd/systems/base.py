@@ -120,6 +120,7 @@ class FaceRecognitionModule(L.LightningModule):
         self._channels_last_active = False
         self.val_metrics = nn.ModuleList()
         self.val_specs: list = []
+        self._computed_sets: dict[int, dict[str, torch.Tensor]] = {}  # this evaluation's finished sets
         # The device-side NaN record of `check_finite` (see `finite_loss_state`).
         self._loss_terms: tuple[str, ...] = ()
         self._loss_history: torch.Tensor | None = None
@@ -286,10 +287,27 @@ class FaceRecognitionModule(L.LightningModule):
     def _evaluation_step(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> None:
         if not self.val_metrics:
             return
+        self._compute_finished_sets(dataloader_idx)
         count = batch["image"].shape[0]
         embeddings = self(torch.cat([batch["image"], batch["flipped"]]))
         self.val_metrics[dataloader_idx].update(batch["index"], embeddings[:count].float(),
                                                 embeddings[count:].float())
+
+    def _compute_finished_sets(self, current: int) -> None:
+        """Compute and free the metrics of the evaluation loaders before ``current``.
+
+        Lightning reads the evaluation loaders one after another, so when loader ``current`` sends its first
+        batch every earlier one is complete: its accuracy is computed then (a collective under DDP, reached by
+        every process at the same loader) and its features are freed, so that a validation holds the features of
+        one (set, resolution) at a time instead of all 12-15 until its end. Not during the sanity check, whose
+        few batches cover no set.
+        """
+        if self.trainer.sanity_checking:
+            return
+        for position in range(current):
+            if position not in self._computed_sets:
+                self._computed_sets[position] = self.val_metrics[position].compute()
+                self.val_metrics[position].reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluation_step(batch, dataloader_idx)
@@ -307,16 +325,24 @@ class FaceRecognitionModule(L.LightningModule):
             # The sanity check sees only a few batches: not every pair, so no accuracy to report.
             for metric in self.val_metrics:
                 metric.reset()
+            self._computed_sets = {}
             return
+        self._compute_finished_sets(len(self.val_metrics))
+        computed, self._computed_sets = self._computed_sets, {}
         primary = []
-        for spec, metric in zip(self.val_specs, self.val_metrics, strict=True):
-            values = metric.compute()
-            metric.reset()
+        for position, spec in enumerate(self.val_specs):
+            values = computed[position]
             for key, value in values.items():
                 # Every rank holds the same gathered value, so no cross-rank reduction is needed.
                 self.log(f"{stage}/{spec.name}/{spec.tag}/{key}", value, sync_dist=False, rank_zero_only=False)
             primary.append(values["acc"])
         self.log(f"{stage}/mean_acc", torch.stack([torch.as_tensor(v) for v in primary]).mean(), prog_bar=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._computed_sets = {}  # nothing left over from an evaluation that stopped part-way
+
+    def on_test_epoch_start(self) -> None:
+        self._computed_sets = {}
 
     def on_validation_epoch_end(self) -> None:
         self._log_verification("val")
