@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU benchmarks on one CUDA GPU, in under 10 minutes: F-SKD's real size (iResNet-50 width 1, batch 256, bf16,
-# and fp16 = Lightning's 16-mixed).
+# GPU benchmarks on one CUDA GPU, in about 10 minutes plus the real-size dry run (a few minutes more; GPU_BENCH_SCALE=0
+# skips it): F-SKD's real size (iResNet-50 width 1, batch 256, bf16, and fp16 = Lightning's 16-mixed).
 #
 #   bash benchmarks/gpu.sh [OUT_DIR]          # default OUT_DIR: $OUT if set, else benchmarks/results
 #   GPU_BENCH_COMPILE=1 bash benchmarks/gpu.sh   # also torch.compile (adds a few minutes of compilation)
@@ -29,7 +29,7 @@ fi
 PYTHON=$RESOLVED
 echo "gpu.sh: using $PYTHON" >&2
 # Every import the benchmarks need, checked before anything runs (not minutes later, in the middle of the report).
-if ! "$PYTHON" benchmarks/preflight.py training degradation evaluation data; then
+if ! "$PYTHON" benchmarks/preflight.py training degradation evaluation data scale; then
     echo "gpu.sh: nothing was run; install the missing packages into that environment, or set PYTHON" >&2
     exit 2
 fi
@@ -111,6 +111,31 @@ run training-fp16 training 120 --device cuda --backbone iresnet50 --width 1 --ba
 run degradation degradation 45 --device cuda --size default
 run evaluation evaluation 100 --device cuda --backbone iresnet50 --width 1 --images 12000 --batch 256 --precision bf16
 run data data 75 --size small
+
+# The real-size dry run (benchmarks/scale.py): CASIA-shaped data (fskd synth --shape casia: 494,414 images,
+# 1.9 GB, about a minute on 16 cores), then the real teacher and F-SKD recipes at batch 256 on the GPU, a resume
+# that must reach the uninterrupted run's state, and one full validation with the recipe's iResNet-50. The data
+# and the runs' checkpoints go to a scratch folder, never into OUT_DIR. GPU_BENCH_SCALE=0 skips it.
+if [[ "${GPU_BENCH_SCALE:-1}" == 1 ]]; then
+    SCRATCH=${GPU_BENCH_SCRATCH:-${TMPDIR:-/tmp}/fskd-gpu-bench}
+    mkdir -p "$SCRATCH"
+    if [[ ! -f "$SCRATCH/casia_synth/synthetic.json" ]]; then
+        echo "gpu.sh: writing CASIA-shaped data to $SCRATCH/casia_synth ..." >&2
+        SYNTH_START=$(date +%s)
+        if timeout --kill-after=10 300 "$PYTHON" -m fskd synth --out "$SCRATCH/casia_synth" --shape casia \
+                --workers "$(nproc)" > "$OUT_DIR/casia-synth.log" 2>&1; then
+            echo "_CASIA-shaped data: $(( $(date +%s) - SYNTH_START )) s with $(nproc) processes, $(du -sh "$SCRATCH/casia_synth" | cut -f1)._" >> "$REPORT"
+        else
+            echo "**fskd synth --shape casia failed; last lines of casia-synth.log:**" >> "$REPORT"
+            tail -n 20 "$OUT_DIR/casia-synth.log" >> "$REPORT"
+            STATUS=1
+        fi
+    fi
+    if [[ -f "$SCRATCH/casia_synth/synthetic.json" ]]; then
+        run scale scale 480 --data "$SCRATCH/casia_synth" --out "$SCRATCH/scale-runs" --device cuda --batch 256 \
+            --accumulate 1 --steps 20 --val-backbone recipe
+    fi
+fi
 
 echo "_Total: $(( $(date +%s) - START )) s._" >> "$REPORT"
 echo "gpu.sh: report in $REPORT" >&2

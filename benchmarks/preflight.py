@@ -14,7 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
-BENCHMARKS = ("training", "degradation", "evaluation", "data")
+BENCHMARKS = ("training", "degradation", "evaluation", "data", "scale")
 
 #: Import name -> what to install, where they differ.
 INSTALL = {"cv2": "opencv-python-headless (pip install -e '.[bench]')", "PIL": "pillow",
