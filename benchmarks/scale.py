@@ -210,7 +210,9 @@ def _first(events: list[dict], name: str, **match: Any) -> dict | None:
 def training_figures(result: dict[str, Any], images_per_step: int) -> dict[str, Any]:
     """Time to the first batch and step, steady img/s over the steps after the first, checkpoint write."""
     events = result["events"]
-    steps = [e for e in events if e["event"] == "step" and e["step"] >= 1]  # step 0: the first batch, no update
+    # The first batch's event carries the step the run started from (0, or the resumed step): no update yet.
+    batches = [e for e in events if e["event"] == "step"]
+    steps = [e for e in batches if batches and e["step"] > batches[0]["step"]]
     first_batch = _first(events, "first_batch")
     figures: dict[str, Any] = {
         "first_batch_s": first_batch["t"] if first_batch else None,
