@@ -46,6 +46,18 @@ def test_progress_bar_describes_step_based_runs_truthfully() -> None:
     assert _bar(10, -1)._get_train_description(6).strip() == "Epoch 6/9"  # epoch-based: Lightning's own text
 
 
+def test_progress_bar_total_counts_batches_of_accumulated_steps() -> None:
+    # 4 optimizer steps left of 8 accumulated batches each: 32 batches, not Lightning's "4"
+    bar = ProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=-1, max_steps=47000, global_step=46996, accumulate_grad_batches=8,
+                                   num_training_batches=15450)
+    assert bar.total_train_batches == 32
+    bar._trainer.accumulate_grad_batches = 1
+    assert bar.total_train_batches == 4
+    bar._trainer.global_step = 0
+    assert bar.total_train_batches == 15450  # the epoch ends first
+
+
 def test_parameter_summary_has_no_flops_line(caplog: pytest.LogCaptureFixture) -> None:
     data = [(" ", ["0", "1"]), ("Name", ["backbone", "head"]), ("Type", ["IResNet", "CosFace"]),
             ("Params", ["184 K", "2.0 K"]), ("Mode", ["train", "train"]), ("FLOPs", ["0", "0"])]

@@ -96,6 +96,16 @@ class ProgressBar(RichProgressBar):
             self._update_metrics(trainer, pl_module)
         self.refresh()
 
+    @property
+    def total_train_batches(self) -> int | float:
+        """Batches left in a step-limited run: Lightning counts the steps left as batches, so with
+        ``accumulate_grad_batches: 8`` its bar read "32/4" (batches of 4 optimizer steps)."""
+        trainer = self.trainer
+        if trainer.max_epochs == -1 and trainer.max_steps is not None and trainer.max_steps > 0:
+            remaining = (trainer.max_steps - trainer.global_step) * trainer.accumulate_grad_batches
+            return min(trainer.num_training_batches, remaining)
+        return super().total_train_batches
+
     def _get_train_description(self, current_epoch: int) -> str:
         trainer = self.trainer
         if trainer.max_epochs is not None and trainer.max_epochs >= 0:
