@@ -4,7 +4,7 @@
   then renames it over the target (``os.replace``, atomic on POSIX). A full disk, a quota or a kill in the
   middle of a save leaves the previous ``last.ckpt`` untouched; a failed write removes its temporary file, and
   the temporary files of processes killed while saving are removed by the next save into that folder
-  (`fskd.models.loading.remove_stale_partials`: same host, process gone). (Lightning's own writer stages the
+  (`fskd.data.atomic.remove_stale_partials`: same host, process gone). (Lightning's own writer stages the
   file in the system temporary folder and moves it: a copy over the target when that folder is on another
   device.)
 * Loading (``fit --ckpt_path``, ``validate --ckpt_path`` ...) always uses ``torch.load(weights_only=True)``:

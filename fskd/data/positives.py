@@ -14,17 +14,18 @@ that a run reuses it only when all of them match. Plain NumPy: the mining itself
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
+
+from fskd.data.atomic import atomic_write
 
 #: Candidates must have a teacher cosine below this: higher means the same picture stored twice.
 MAX_POSITIVE_COSINE = 0.99
@@ -191,26 +192,13 @@ def build_positive_table(embeddings: np.ndarray | torch.Tensor, labels: np.ndarr
 
 def save_positives(path: str | os.PathLike, table: PositiveTable, key: PositiveKey) -> None:
     """Write table and key to ``path`` atomically (a temporary file in the same folder, then a rename)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    try:
-        with open(partial, "wb") as stream:  # a file object: np.savez appends no suffix
-            np.savez(stream, version=np.int64(POSITIVES_VERSION), offsets=table.offsets,
-                     candidates=table.candidates, num_images=np.int64(key.num_images),
-                     labels_hash=np.str_(key.labels_hash), cross_margin=np.float64(key.cross_margin),
-                     teacher_fingerprint=np.str_(key.teacher_fingerprint),
-                     max_cosine=np.float64(MAX_POSITIVE_COSINE))
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(partial, target)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        if isinstance(error, OSError):
-            raise OSError(f"{target}: could not write the positives file ({error}); set the DistillModule's "
-                          "positives_path to a writable place") from error
-        raise
+    def write(stream: BinaryIO) -> None:  # a file object: np.savez appends no suffix
+        np.savez(stream, version=np.int64(POSITIVES_VERSION), offsets=table.offsets,
+                 candidates=table.candidates, num_images=np.int64(key.num_images),
+                 labels_hash=np.str_(key.labels_hash), cross_margin=np.float64(key.cross_margin),
+                 teacher_fingerprint=np.str_(key.teacher_fingerprint), max_cosine=np.float64(MAX_POSITIVE_COSINE))
+
+    atomic_write(path, write, "positives file", "set the DistillModule's positives_path to a writable place")
 
 
 def load_positives(path: str | os.PathLike) -> tuple[PositiveTable, PositiveKey]:

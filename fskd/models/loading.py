@@ -6,16 +6,14 @@ export and any user script can use a trained model without the training stack.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
-import re
-import socket
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fskd.data.atomic import atomic_write
 from fskd.models.heads import ClassificationHead, create_head
 from fskd.models.iresnet import IResNet, create_backbone
 
@@ -23,73 +21,11 @@ from fskd.models.iresnet import IResNet, create_backbone
 ARCHITECTURE_KEYS = ("backbone", "mode", "neck", "width", "embedding_size", "dropout")
 
 
-#: ``.<name>.partial-<host>-<pid>``: the temporary file of `atomic_torch_save` (``.<name>.partial-<pid>`` before
-#: the host was recorded). Host and pid tell whether the writer is still alive.
-PARTIAL_NAME = re.compile(r"^\..+\.partial-(?:(?P<host>.+)-)?(?P<pid>\d+)$")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    except OSError:
-        return True  # cannot tell: keep its file
-    return True
-
-
-def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files of `atomic_torch_save` in ``folder`` whose writer is dead: written on this host
-    (or before the host was recorded) by a process id that no longer exists, i.e. a save killed midway. Files
-    of live processes and of other hosts (a shared filesystem) are left alone. Returns the files removed."""
-    host = socket.gethostname()
-    removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        match = PARTIAL_NAME.match(entry.name)
-        if match is None or match["host"] not in (None, host) or _pid_alive(int(match["pid"])):
-            continue
-        with contextlib.suppress(OSError):
-            os.unlink(entry.path)
-            removed.append(Path(entry.path))
-    return removed
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the target's folder, fsync, then rename it over ``path``.
-
-    The temporary file is ``.<name>.partial-<host>-<pid>``; temporary files left in the folder by processes of
-    this host that were killed while saving are deleted first (`remove_stale_partials`).
-    """
-    target = Path(str(path).removeprefix("file://"))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(target.parent)
-    partial = target.with_name(f".{target.name}.partial-{socket.gethostname()}-{os.getpid()}")
-    try:
-        with open(partial, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(partial, target)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        if isinstance(error, (OSError, RuntimeError)):
-            raise OSError(f"{target}: could not write the checkpoint ({error}); the previous file, if any, "
-                          "is unchanged") from error
-        raise
-    # Make the rename itself durable (best effort: not every filesystem can fsync a directory).
-    with contextlib.suppress(OSError):
-        directory = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+    """``torch.save`` through `fskd.data.atomic.atomic_write`: a temporary file in the target's folder
+    (``.<name>.partial-<host>-<pid>``), fsync, then a rename over ``path``; temporary files left in the folder by
+    killed writers of this host are deleted first (`remove_stale_partials`)."""
+    atomic_write(str(path).removeprefix("file://"), lambda stream: torch.save(obj, stream), "checkpoint")
 
 
 def load_error(path: str | os.PathLike, error: BaseException) -> ValueError:
