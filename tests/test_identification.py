@@ -168,12 +168,7 @@ def test_ranking_runs_on_the_cpu_in_float64_whatever_device_embedded(tmp_path, f
     ranking = fskd.evaluation.identification.cmc_scores
     monkeypatch.setattr(fskd.evaluation.identification, "cmc_scores",
                         lambda *args, **kwargs: calls.append(kwargs) or ranking(*args, **kwargs))
-    for identity in range(2):
-        for n in range(2):
-            path = tmp_path / "faces" / f"person{identity}" / f"{n}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(face_jpegs[2 * identity + n])
-    checkpoint = save_checkpoint(tiny_backbone(3), tmp_path / "tiny.ckpt")
+    checkpoint = _two_person_folder(tmp_path, face_jpegs)
     assert cli_main(["identify", "--ckpt", str(checkpoint), "--root", str(tmp_path / "faces"), "--ranks", "1",
                      "--device", "cpu"]) == 0
     assert len(calls) == 1 and "device" not in calls[0]
@@ -288,6 +283,16 @@ def face_jpegs() -> list[bytes]:
     return [render_face_jpeg(0, TINYFACE_ID_BASE + i, i % 2) for i in range(5)]
 
 
+def _two_person_folder(tmp_path, face_jpegs) -> Path:
+    """``tmp_path/faces/person{0,1}/{0,1}.jpg`` (the folder layout of `fskd identify`) and a tiny checkpoint."""
+    for identity in range(2):
+        for n in range(2):
+            path = tmp_path / "faces" / f"person{identity}" / f"{n}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(face_jpegs[2 * identity + n])
+    return save_checkpoint(tiny_backbone(3), tmp_path / "tiny.ckpt")
+
+
 def test_embed_images_matches_manual_computation(tmp_path, face_jpegs):
     backbone = tiny_backbone().train()
     paths = []
@@ -395,12 +400,7 @@ def test_identify_and_synth_tinyface_cli_end_to_end(tmp_path, capsys):
 
 
 def test_identify_cli_folder_layout(tmp_path, capsys, face_jpegs):
-    for identity in range(2):
-        for n in range(2):
-            path = tmp_path / "faces" / f"person{identity}" / f"{n}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(face_jpegs[2 * identity + n])
-    checkpoint = save_checkpoint(tiny_backbone(3), tmp_path / "tiny.ckpt")
+    checkpoint = _two_person_folder(tmp_path, face_jpegs)
     assert cli_main(["identify", "--ckpt", str(checkpoint), "--root", str(tmp_path / "faces"), "--ranks", "1",
                      "2", "--no-flip"]) == 0
     printed = capsys.readouterr().out
