@@ -32,6 +32,7 @@ from pathlib import Path
 
 from fskd.commands.demo.presets import DEFAULT_CONFIGS, PRESETS
 from fskd.commands.demo.results import MODELS
+from fskd.commands.fits import add_run_options, apply_run_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,9 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="quick", choices=list(PRESETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="seeds of data and training (default: quick 0; full 0 1 2)")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="extra processes for rendering faces and loading batches (0: all in this "
-                        "process)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
                         help="models to train (calibration: teacher baseline_14, without the F-SKD student)")
     parser.add_argument("--configs", default=None, help="folder of the demo configs (recipe.yaml and its overlays; "
@@ -53,12 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="reuse the datasets, fits and evaluations of an earlier run into the same --out "
                         "that had the same arguments (also: run seeds as separate processes, then combine)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice, all cores; on cores shared with "
-                        "other jobs 1 is often several times faster)")
     parser.add_argument("--no-progress-bar", action="store_true", help="no Lightning progress bars")
-    parser.add_argument("--synth", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override SynthConfig defaults (generator calibration), e.g. fine_amplitude=1.5")
+    add_run_options(parser)
     return parser
 
 
@@ -66,21 +60,10 @@ def main(argv: Sequence[str]) -> int:
     """``fskd demo``: parse the arguments and run `run_demo`."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    import torch
+    from fskd.commands.demo.running import DemoSettings, check_settings, run_demo
 
-    from fskd.commands.demo.running import DemoSettings, check_settings, parse_synth_overrides, run_demo
-
-    if args.workers < 0:
-        parser.error("--workers must be >= 0")
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    synth = apply_run_options(parser, args)
     preset = PRESETS[args.preset]
-    try:
-        synth = parse_synth_overrides(args.synth)
-    except ValueError as error:
-        parser.error(str(error))
     settings = DemoSettings(out=Path(args.out or f"runs/demo/{preset.name}"), preset=preset,
                             seeds=tuple(args.seeds if args.seeds is not None else preset.seeds),
                             workers=args.workers, models=tuple(args.models),

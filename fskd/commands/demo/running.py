@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -198,31 +198,6 @@ def check_settings(settings: DemoSettings) -> None:
     if not settings.resume and (found := earlier_fits(settings)):
         raise ValueError(f"{found[0]} holds checkpoints of an earlier run: pass --resume to reuse the fits whose "
                          "arguments match (the others are moved aside and redone), or choose another --out")
-
-
-def parse_synth_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings -> `SynthConfig` keyword arguments, typed like the field's default
-    (``face_half_width_range=38,43`` for a pair). Unknown keys and unparsable values raise ValueError."""
-    from fskd.data.synthetic import SynthConfig
-
-    defaults = {f.name: f.default for f in fields(SynthConfig)}
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or key not in defaults:
-            raise ValueError(f"--synth {item!r}: expected KEY=VALUE with KEY one of {sorted(defaults)}")
-        default = defaults[key]
-        try:
-            if isinstance(default, tuple):
-                parts = text.split(",")
-                if len(parts) != len(default):
-                    raise ValueError(f"{len(default)} comma-separated values expected")
-                overrides[key] = tuple(type(d)(v) for d, v in zip(default, parts, strict=True))
-            else:
-                overrides[key] = type(default)(text)
-        except ValueError as error:
-            raise ValueError(f"--synth {item!r}: {error}") from None
-    return overrides
 
 
 def run_demo(settings: DemoSettings) -> dict[str, Any]:

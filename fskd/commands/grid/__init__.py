@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from fskd.commands.fits import add_run_options, apply_run_options
 from fskd.commands.grid.plan import METHODS, PRESETS
 
 
@@ -32,10 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="methods to train (calibration: teacher base); the students' teachers are always "
                         "trained first")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="student seeds (default: the preset's)")
-    parser.add_argument("--workers", type=int, default=0, help="extra processes for rendering and loading")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--synth", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override SynthConfig defaults (generator calibration), e.g. fine_amplitude=1.5")
+    add_run_options(parser)
     parser.add_argument("--report-only", action="store_true", help="train nothing: rewrite the report from the CSV")
     parser.add_argument("--progress-bar", action="store_true", help="Lightning progress bars")
     return parser
@@ -45,24 +43,12 @@ def main(argv: Sequence[str]) -> int:
     """``fskd grid``: run the missing models of the grid, then write the report."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from fskd.commands.demo.running import parse_synth_overrides
     from fskd.commands.grid.plan import Grid, load_rows, models
     from fskd.commands.grid.report import markdown, pictures
 
-    if args.workers < 0:
-        parser.error("--workers must be >= 0")
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds must be distinct, got {args.seeds}")
-    try:
-        synth = parse_synth_overrides(args.synth)
-    except ValueError as error:
-        parser.error(str(error))
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be >= 1")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    synth = apply_run_options(parser, args)
     preset = PRESETS[args.preset]
     grid = Grid(out=Path(args.out or f"runs/grid/{preset.name}"), preset=preset, synth=synth,
                 workers=args.workers, progress_bar=args.progress_bar)
