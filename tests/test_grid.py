@@ -4,13 +4,16 @@ test-sized run through the real CLI that resumes per model."""
 from __future__ import annotations
 
 import csv
+import socket
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fskd.commands.grid.plan import COLUMNS, PRESETS, STUDENTS, load_rows, models
+from fskd.commands.grid.plan import COLUMNS, PRESETS, STUDENTS, Grid, load_rows, models
 from fskd.commands.grid.report import calibration, differences, markdown, verdict
 
 
@@ -117,3 +120,36 @@ def test_a_report_without_rows_is_an_error(tmp_path: Path, capsys: pytest.Captur
 
     assert main(["grid", "--preset", "smoke", "--out", str(tmp_path), "--report-only"]) == 2
     assert "holds no rows" in capsys.readouterr().err
+
+
+def test_processes_sharing_an_out_folder_never_train_the_same_model(tmp_path: Path, monkeypatch) -> None:
+    # A model claimed by another live process is skipped (and so is a student whose teacher it is training);
+    # a claim left by a process that died is taken over.
+    grid = Grid(out=tmp_path / "grid", preset=PRESETS["smoke"])
+    monkeypatch.setattr(Grid, "prepare_data", lambda self, say: None)
+    trained: list[str] = []
+    monkeypatch.setattr(Grid, "fit", lambda self, model, say: (trained.append(model.name), (None, 1.0))[1])
+    monkeypatch.setattr(Grid, "score", lambda self, model, checkpoint: [{"resolution": model.train, "acc": 0.5,
+                                                                          "acc_insightface": 0.5}])
+    monkeypatch.setattr(Grid, "append", lambda self, model, rows, seconds: None)
+    todo = models(PRESETS["smoke"], ["teacher", "base", "fskd"], [0])
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        grid.claim_path("teacher_112_seed0").parent.mkdir(parents=True)
+        grid.claim_path("teacher_112_seed0").write_text(f"{socket.gethostname()} {alive.pid}")
+        grid.claim_path("base_14_seed0").write_text(f"{socket.gethostname()} {alive.pid}")
+        said: list[str] = []
+        grid.run(todo, said.append)
+        assert "teacher_112_seed0" not in trained and "base_14_seed0" not in trained
+        assert not any(name.startswith("fskd_") for name in trained)  # their teacher is still being trained
+        assert "base_28_seed0" in trained
+        assert any("base_14_seed0 skipped: being trained by" in line and str(alive.pid) in line for line in said)
+        assert any("fskd_14_seed0 skipped: its teacher is being trained by" in line for line in said)
+        assert grid.claim_path("teacher_112_seed0").exists()  # another process's claim is left alone
+        assert not grid.claim_path("base_28_seed0").exists()  # ours are released
+    finally:
+        alive.kill()
+        alive.wait()
+    trained.clear()
+    grid.run(todo, said.append)  # the holder died: its claims are taken over
+    assert "teacher_112_seed0" in trained and "base_14_seed0" in trained

@@ -20,7 +20,8 @@ from typing import BinaryIO
 PARTIAL_NAME = re.compile(r"^\..+\.partial-(?:(?P<host>.+)-)?(?P<pid>\d+)$")
 
 
-def _pid_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (unknown counts as alive, so its files are kept)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -44,7 +45,7 @@ def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
         return removed
     for entry in entries:
         match = PARTIAL_NAME.match(entry.name)
-        if match is None or match["host"] not in (None, host) or _pid_alive(int(match["pid"])):
+        if match is None or match["host"] not in (None, host) or process_alive(int(match["pid"])):
             continue
         with contextlib.suppress(OSError):
             os.unlink(entry.path)

@@ -4,9 +4,12 @@ the model it was training), and everything already in the CSV skipped."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
+import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -15,6 +18,7 @@ from typing import Any
 
 from fskd.commands.demo.presets import DEFAULT_CONFIGS, RECIPE
 from fskd.commands.fits import fit_is_done, record_fit, set_aside
+from fskd.data.atomic import process_alive
 
 SETS: tuple[str, ...] = ("agedb_30", "lfw", "cfp_fp")
 
@@ -167,9 +171,12 @@ class Grid:
         preset or generator (whose data were re-rendered into ``data/``) are never taken for this one's."""
         return self.out / "models" / self.stamp / model.name
 
+    @staticmethod
+    def teacher_of(model: Model) -> Model:
+        return Model("teacher_cbam" if model.cbam else "teacher", "112", 0)
+
     def teacher_checkpoint(self, model: Model) -> Path:
-        teacher = Model("teacher_cbam" if model.cbam else "teacher", "112", 0)
-        return self.folder(teacher) / "checkpoints" / "last.ckpt"
+        return self.folder(self.teacher_of(model)) / "checkpoints" / "last.ckpt"
 
     def common_args(self, model: Model) -> list[str]:
         """Arguments shared by the model's fit and validate runs."""
@@ -260,17 +267,82 @@ class Grid:
                                  "fit_seconds": fit_seconds, "stamp": self.stamp,
                                  **{k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()}})
 
+    # -- several processes on one --out -------------------------------------------------------------------------
+    def claim_path(self, name: str) -> Path:
+        return self.out / "models" / self.stamp / f"{name}.claim"
+
+    def holder(self, name: str) -> str | None:
+        """Who holds the claim on ``name`` ("host pid"), or None when nobody does (a claim of a process of this
+        host that no longer exists is removed: a killed worker)."""
+        path = self.claim_path(name)
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        host, _, pid = text.rpartition(" ")
+        if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return None
+        return text or "a process"
+
+    def claim(self, name: str) -> bool:
+        """Take ``name`` for this process (an exclusive file ``models/<stamp>/<name>.claim``); False when another
+        live process holds it. Lets several ``fskd grid`` processes share one --out without training a model
+        twice or appending its rows twice."""
+        path = self.claim_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if self.holder(name) is not None:
+                    return False
+                continue  # a dead holder's claim was just removed
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(f"{socket.gethostname()} {os.getpid()}")
+            return True
+        return False
+
+    def release(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.claim_path(name).unlink()
+
     def run(self, todo: Sequence[Model], say: Callable[[str], None]) -> None:
-        """Fit and score every model of ``todo`` whose rows are not in the CSV yet."""
+        """Fit and score every model of ``todo`` whose rows are not in the CSV yet. Models another live process
+        is training (its claim) are skipped, and so are students whose teacher it is still training; a later
+        run picks up whatever was skipped."""
         self.out.mkdir(parents=True, exist_ok=True)
-        self.prepare_data(say)
+        waiting = False
+        while not self.claim("data"):  # another process is rendering the faces: wait for them
+            if not waiting:
+                say(f"waiting for {self.holder('data')} to finish the synthetic faces in {self.data}")
+                waiting = True
+            time.sleep(2)
+        try:
+            self.prepare_data(say)
+        finally:
+            self.release("data")
         for number, model in enumerate(todo, 1):
             if (model.method, model.train, model.seed) in self.done():
                 continue
-            say(f"model {number}/{len(todo)}: {model.name}")
-            checkpoint, seconds = self.fit(model, say)
-            rows = self.score(model, checkpoint)
-            self.append(model, rows, seconds)
+            teacher = self.teacher_of(model).name
+            if model.distilled and not self.teacher_checkpoint(model).is_file() and self.holder(teacher):
+                say(f"model {number}/{len(todo)}: {model.name} skipped: its teacher is being trained by "
+                    f"{self.holder(teacher)}")
+                continue
+            if not self.claim(model.name):
+                say(f"model {number}/{len(todo)}: {model.name} skipped: being trained by {self.holder(model.name)}")
+                continue
+            try:
+                if (model.method, model.train, model.seed) in self.done():  # finished by another process meanwhile
+                    continue
+                say(f"model {number}/{len(todo)}: {model.name}")
+                checkpoint, seconds = self.fit(model, say)
+                rows = self.score(model, checkpoint)
+                self.append(model, rows, seconds)
+            finally:
+                self.release(model.name)
             own = next((r for r in rows if str(r["resolution"]) == model.train), rows[-1])
             say(f"  {model.name}: {100 * own['acc']:.1f}% at {own['resolution']} px (fit {seconds:.0f} s)")
 
