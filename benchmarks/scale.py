@@ -12,6 +12,8 @@ pairs), and measures what the first hour of a real run depends on:
 * ``resume``: the same recipe stopped after ``--steps - 1`` steps and resumed (``--ckpt_path last``) for the
   last one must give the teacher run's final weights and optimizer state, bit for bit;
 * ``student``: the F-SKD student recipe (``method/fskd.yaml`` + ``resolution/14.yaml``) from that teacher;
+* ``positives``: the ``fskd_cross`` positives table built for the training labels from random embeddings
+  (its time, size and memory at this scale, without the teacher's embedding pass);
 * ``validation``: one full validation, 3 sets x (112, 56, 28, 14, cross14) px, both protocols, wall time and
   peak memory. On a CPU the forward passes of an iResNet-50 over 380,000 images would take hours, so unless
   ``--val-backbone recipe`` the backbone is swapped for a small one (the data, loaders, metric gathering and
@@ -262,6 +264,29 @@ def forward_rate(device: str, batch: int, precision: str, rounds: int = 3) -> fl
     return rounds * batch / (time.perf_counter() - start)
 
 
+def positives_cost(data: Path) -> dict[str, Any]:
+    """Build the ``fskd_cross`` positives table for the training set's labels from random 512-d embeddings
+    (identity centre + noise: every same-identity pair is accepted, the worst case for its size): seconds,
+    candidates and their bytes, and this process's peak RSS (Linux ru_maxrss) after it."""
+    import resource
+
+    import numpy as np
+
+    from fskd.data.datasets import RecordFaceDataset
+    from fskd.data.positives import build_positive_table, dataset_labels
+
+    labels = dataset_labels(RecordFaceDataset(data / "train.rec", data / "train.idx"))
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((int(labels.max()) + 1, 512)).astype(np.float32)
+    embeddings = centres[labels] + 0.8 * rng.standard_normal((labels.size, 512)).astype(np.float32)
+    start = time.perf_counter()
+    table = build_positive_table(embeddings, labels, cross_margin=0.2)
+    seconds = time.perf_counter() - start
+    return {"images": int(labels.size), "seconds": seconds, "candidates": int(table.candidates.size),
+            "candidate_bytes": int(table.candidates.nbytes),
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
 def mib(value: int) -> str:
     return fmt(value / 2**20)
 
@@ -280,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                              "~12 minutes)")
     parser.add_argument("--val-backbone", default="iresnet18:0.0625",
                         help="NAME:WIDTH of the backbone for the full validation, or 'recipe' (iResNet-50)")
-    parser.add_argument("--stages", nargs="+", default=["teacher", "resume", "student", "validation", "forward"],
-                        choices=["teacher", "resume", "student", "validation", "forward"])
+    stages = ["teacher", "resume", "student", "validation", "forward", "positives"]
+    parser.add_argument("--stages", nargs="+", default=stages, choices=stages)
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error("--steps must be >= 2 (one step to start, the others to measure)")
@@ -359,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         results["forward"] = {"img_s": rate, "validation_forward_seconds": images / rate}
         table.row(["iResNet-50 inference", "", "", fmt(rate), "", "", "", "", "", "",
                    f"full validation's {images:,} forward images: {fmt(images / rate)} s"])
+    if "positives" in args.stages:
+        cost = positives_cost(args.data)
+        results["positives"] = cost
+        table.row(["fskd_cross positives table", "", "", "", f"{mib(cost['peak_rss'])} (this script, peak)", "", "",
+                   "", "", fmt(cost["seconds"]), f"{cost['images']:,} random embeddings, {cost['candidates']:,} "
+                   f"candidates = {mib(cost['candidate_bytes'])} MiB (worst case: all same-identity pairs)"])
     notes = [f"Global batch {images_per_step} = {args.batch} x {args.accumulate} accumulated; data {data}; "
              f"sanity check batches per validation loader: {sanity}.",
              "img/s counts training images through the optimizer step (the F-SKD student also runs the frozen "
