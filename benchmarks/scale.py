@@ -83,7 +83,8 @@ class Probe(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, index: int) -> None:
         if self.first_batch:
             self.first_batch = False
-            self._event("first_batch", batch_images=int(next(iter(batch.values())).shape[0]))
+            self._event("first_batch", batch_images=int(next(iter(batch.values())).shape[0]),
+                        step=trainer.global_step)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            index: int) -> None:
@@ -212,10 +213,10 @@ def _first(events: list[dict], name: str, **match: Any) -> dict | None:
 def training_figures(result: dict[str, Any], images_per_step: int) -> dict[str, Any]:
     """Time to the first batch and step, steady img/s over the steps after the first, checkpoint write."""
     events = result["events"]
-    # The first batch's event carries the step the run started from (0, or the resumed step): no update yet.
-    batches = [e for e in events if e["event"] == "step"]
-    steps = [e for e in batches if batches and e["step"] > batches[0]["step"]]
+    # Optimizer steps taken by this run: those past the step it started from (0, or the resumed step).
     first_batch = _first(events, "first_batch")
+    start = first_batch.get("step", 0) if first_batch else 0
+    steps = [e for e in events if e["event"] == "step" and e["step"] > start]
     figures: dict[str, Any] = {
         "first_batch_s": first_batch["t"] if first_batch else None,
         "first_step_s": steps[0]["t"] if steps else None,

@@ -303,3 +303,26 @@ def test_proposed_training_views_refuse_random_interpolation(tiny_rec: Path) -> 
                             train_interpolation="random")
     with pytest.raises(ValueError, match="fixed nearest policies only"):
         proposed_training_views(module, torch.zeros(4, 3, 112, 112, dtype=torch.uint8), torch.zeros(4))
+
+
+@pytest.mark.slow
+def test_scale_dry_run_runs_every_stage_on_a_small_casia_shape(tmp_path: Path) -> None:
+    # The real configs through the real CLI, at a size CI affords: 12 identities with CASIA's skew, 20 pairs per
+    # set, 2 optimizer steps of 2 images, no loader workers; the resumed run must equal the uninterrupted one.
+    data = tmp_path / "casia"
+    assert subprocess.run([sys.executable, "-m", "fskd", "synth", "--out", str(data), "--shape", "casia",
+                           "--identities", "12", "--pairs", "20"], cwd=REPO, capture_output=True).returncode == 0
+    report = tmp_path / "scale.json"
+    result = subprocess.run([sys.executable, "benchmarks/scale.py", "--data", str(data), "--out",
+                             str(tmp_path / "runs"), "--steps", "2", "--batch", "2", "--accumulate", "1",
+                             "--workers", "0", "--json", str(report)],
+                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    results = json.loads(report.read_text())["results"]
+    assert results["teacher"]["first_batch_s"] > 0 and results["teacher"]["steady_img_s"] > 0
+    assert results["teacher"]["checkpoint_bytes"] > 100e6  # iResNet-50 + the 12-way head + momentum
+    assert results["resume"]["identical"], results["resume"]["detail"]
+    assert results["F-SKD student (14 px)"]["steady_img_s"] > 0
+    assert results["validation"]["loop_seconds"] > 0 and results["forward"]["img_s"] > 0
+    assert results["positives"]["images"] == 561
+    assert "| full validation |" in result.stdout and "| resume (last step) |" in result.stdout
