@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from torchvision.io import encode_jpeg
@@ -188,6 +189,23 @@ def test_small_training_images_are_warned_once_with_count_and_first(tiny_root: P
         f"resizing (the first: {data / 'train.rec'} (record {first + 1}), {small[first][0]}x{small[first][1]}); "
         "each is scaled up to 112x112: broken crops or placeholders?"]
     assert cli.trainer.global_step == 7
+
+
+def test_under_ddp_every_process_warns_about_the_small_images_it_read(tiny_root: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    # Each process reads 1/W of the images: a warning from rank 0 alone would miss those of the others.
+    module = FaceDataModule(str(tiny_root), num_workers=0)
+    module.trainer = _trainer(limit_val_batches=0)
+    module.setup("fit")
+    module.trainer = SimpleNamespace(world_size=2, global_rank=1, fast_dev_run=False, limit_val_batches=0)
+    sides = np.array([8, 112, 112])
+    module._count_small_images(sides, sides, sides, np.array([3, 4, 5]))
+    with caplog.at_level(logging.WARNING, logger="fskd.data.datamodule"):
+        module._report_small_images("so far")
+    assert _data_warnings(caplog) == [
+        f"1 of the 3 training images read so far by process 1 of 2 are smaller than 32 pixels on a side before "
+        f"resizing (the first: {tiny_root / 'train.rec'} (record 4), 8x8); each is scaled up to 112x112: broken "
+        "crops or placeholders?"]
 
 
 # -- evaluation that Lightning would run but could not complete -----------------------------------------------

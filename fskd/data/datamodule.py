@@ -587,11 +587,14 @@ class FaceDataModule(L.LightningDataModule):
         dataset = self._base_training_set()
         describe = getattr(dataset, "describe", lambda index: f"image {index}")
         index, height, width = first
-        reader = " by this process" if self._world_size() > 1 else ""
-        self._warn("%d of the %d training images read %s%s are smaller than %d pixels on a side before resizing "
-                   "(the first: %s, %dx%d); each is scaled up to %dx%d: broken crops or placeholders?", count, seen,
-                   scope, reader, SMALL_IMAGE_SIDE, describe(index), height, width, self.image_size,
-                   self.image_size)
+        world = self._world_size()
+        reader = f" by process {self._rank()} of {world}" if world > 1 else ""
+        # Every process counts its own share of the images, so under DDP each one that met small images says so
+        # (not only rank 0, which sees 1/W of them).
+        log.warning("%d of the %d training images read %s%s are smaller than %d pixels on a side before resizing "
+                    "(the first: %s, %dx%d); each is scaled up to %dx%d: broken crops or placeholders?", count,
+                    seen, scope, reader, SMALL_IMAGE_SIDE, describe(index), height, width, self.image_size,
+                    self.image_size)
 
     def teardown(self, stage: str) -> None:
         if stage == "fit" and not self._small_training_reported:
