@@ -264,11 +264,11 @@ class _FastFskdScores:
         bound = np.where(usable & np.isfinite(scores), bound + 8.0 * self.gamma, np.inf)
         return scores, bound
 
-    def rescore(self, scores: np.ndarray, mean: np.ndarray, rows: np.ndarray) -> None:
-        """Replace ``scores[rows]`` by the reference's exact scores under ``mean``."""
+    def rescore(self, scores: np.ndarray, fold: int, rows: np.ndarray) -> None:
+        """Replace ``scores[rows]`` by the reference's exact scores under fold ``fold``'s mean."""
         if rows.size:
             scores[rows] = _check_fskd_scores(
-                _fskd_centred_cosines(self.left[rows], self.right[rows], mean[np.newaxis]))
+                _fskd_centred_cosines(self.left[rows], self.right[rows], self.means[fold][np.newaxis]))
 
 
 def _fskd_fold_accuracies(left: np.ndarray, right: np.ndarray, issame: np.ndarray, folds: int) -> np.ndarray:
@@ -291,10 +291,10 @@ def _fskd_fold_accuracies(left: np.ndarray, right: np.ndarray, issame: np.ndarra
         scores, bound = fast.fold(fold)
         # "not (distance > bound)" so that a NaN score counts as in doubt
         in_doubt = ~(_nearest_grid_distance(scores) > bound + margin)
-        fast.rescore(scores, means[fold], np.flatnonzero(train & in_doubt))
+        fast.rescore(scores, fold, np.flatnonzero(train & in_doubt))
         threshold = fskd_best_threshold(scores[train], issame[train], thresholds)
         in_doubt = ~(np.abs(scores - threshold) > bound + margin)
-        fast.rescore(scores, means[fold], np.flatnonzero(test & in_doubt))
+        fast.rescore(scores, fold, np.flatnonzero(test & in_doubt))
         accuracies[fold] = _fskd_accuracy(scores[test], issame[test], threshold)
     return accuracies
 
