@@ -33,11 +33,17 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def written_by_dead_process(host: str | None, pid: int) -> bool:
+    """A file stamped with ``host`` and ``pid`` was left by a process of this host that no longer exists
+    (``host`` None: stamped before hosts were recorded, taken as this host). Other hosts' files never count
+    as dead: their processes cannot be checked from here."""
+    return host in (None, socket.gethostname()) and not process_alive(pid)
+
+
 def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporary files of `atomic_write` in ``folder`` whose writer is dead: written on this host
     (or before the host was recorded) by a process id that no longer exists, i.e. a write killed midway. Files
     of live processes and of other hosts (a shared filesystem) are left alone. Returns the files removed."""
-    host = socket.gethostname()
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -45,7 +51,7 @@ def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
         return removed
     for entry in entries:
         match = PARTIAL_NAME.match(entry.name)
-        if match is None or match["host"] not in (None, host) or process_alive(int(match["pid"])):
+        if match is None or not written_by_dead_process(match["host"], int(match["pid"])):
             continue
         with contextlib.suppress(OSError):
             os.unlink(entry.path)

@@ -18,7 +18,7 @@ from typing import Any
 
 from fskd.commands.demo.presets import DEFAULT_CONFIGS, RECIPE
 from fskd.commands.fits import fit_is_done, record_fit, set_aside
-from fskd.data.atomic import process_alive
+from fskd.data.atomic import written_by_dead_process
 
 SETS: tuple[str, ...] = ("agedb_30", "lfw", "cfp_fp")
 
@@ -280,7 +280,7 @@ class Grid:
         except FileNotFoundError:
             return None
         host, _, pid = text.rpartition(" ")
-        if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
+        if host and pid.isdigit() and written_by_dead_process(host, int(pid)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             return None
@@ -326,11 +326,12 @@ class Grid:
         for number, model in enumerate(todo, 1):
             if (model.method, model.train, model.seed) in self.done():
                 continue
-            teacher = self.teacher_of(model).name
-            if model.distilled and not self.teacher_checkpoint(model).is_file() and self.holder(teacher):
-                say(f"model {number}/{len(todo)}: {model.name} skipped: its teacher is being trained by "
-                    f"{self.holder(teacher)}")
-                continue
+            if model.distilled and not self.teacher_checkpoint(model).is_file():
+                teacher_holder = self.holder(self.teacher_of(model).name)
+                if teacher_holder is not None:
+                    say(f"model {number}/{len(todo)}: {model.name} skipped: its teacher is being trained by "
+                        f"{teacher_holder}")
+                    continue
             if not self.claim(model.name):
                 say(f"model {number}/{len(todo)}: {model.name} skipped: being trained by {self.holder(model.name)}")
                 continue
