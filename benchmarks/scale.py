@@ -45,7 +45,15 @@ if str(ROOT) not in sys.path:
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.common import StreamingTable, base_parser, fmt, machine_info, report  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    StreamingTable,
+    autocast,
+    base_parser,
+    fmt,
+    machine_info,
+    report,
+    synchronize,
+)
 
 EVENTS_ENV = "FSKD_SCALE_EVENTS"
 START_ENV = "FSKD_SCALE_T0"
@@ -73,10 +81,6 @@ class Probe(L.Callback):
         with open(self.path, "a") as stream:
             stream.write(json.dumps({"event": name, "t": time.time() - self.t0, **values}) + "\n")
 
-    def _sync(self, module: L.LightningModule) -> None:
-        if module.device.type == "cuda":
-            torch.cuda.synchronize(module.device)
-
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._event("train_start")
 
@@ -89,7 +93,7 @@ class Probe(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            index: int) -> None:
         if trainer.global_step != self.last_step:
-            self._sync(module)
+            synchronize(module.device)
             self.last_step = trainer.global_step
             self._event("step", step=trainer.global_step)
 
@@ -97,7 +101,7 @@ class Probe(L.Callback):
         self._event("validation_start", sanity=trainer.sanity_checking)
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._sync(module)
+        synchronize(module.device)
         self._event("validation_end", sanity=trainer.sanity_checking)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -250,18 +254,16 @@ def forward_rate(device: str, batch: int, precision: str, rounds: int = 3) -> fl
     """Inference img/s of the recipe's iResNet-50 (eval, autocast) at 112x112: the validation's forward cost."""
     from fskd.models import create_backbone
 
-    model = create_backbone("iresnet50").to(device).eval()
-    images = torch.randn(batch, 3, 112, 112, device=device)
-    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
-    with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=dtype):
+    target = torch.device(device)
+    model = create_backbone("iresnet50").to(target).eval()
+    images = torch.randn(batch, 3, 112, 112, device=target)
+    with torch.inference_mode(), autocast(target, precision):
         model(images)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        synchronize(target)
         start = time.perf_counter()
         for _ in range(rounds):
             model(images)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        synchronize(target)
     return rounds * batch / (time.perf_counter() - start)
 
 
