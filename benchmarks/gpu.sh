@@ -44,6 +44,9 @@ if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() el
     exit 2
 fi
 
+# The machine's cores for the data writer: GNU nproc would answer OMP_NUM_THREADS (often 1 in training shells).
+CORES=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+
 OUT_DIR=${1:-${OUT:-benchmarks/results}}
 mkdir -p "$OUT_DIR"
 REPORT="$OUT_DIR/gpu-benchmarks.md"
@@ -57,7 +60,7 @@ START=$(date +%s)
     if command -v nvidia-smi >/dev/null 2>&1; then
         echo "* GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -n 1)"
     fi
-    echo "* host: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ //')"
+    echo "* host: $CORES cores, $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ //')"
     echo "* torch: $("$PYTHON" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)')"
     echo
 } > "$REPORT"
@@ -123,8 +126,8 @@ if [[ "${GPU_BENCH_SCALE:-1}" == 1 ]]; then
         echo "gpu.sh: writing CASIA-shaped data to $SCRATCH/casia_synth ..." >&2
         SYNTH_START=$(date +%s)
         if timeout --kill-after=10 300 "$PYTHON" -m fskd synth --out "$SCRATCH/casia_synth" --shape casia \
-                --workers "$(nproc)" > "$OUT_DIR/casia-synth.log" 2>&1; then
-            echo "_CASIA-shaped data: $(( $(date +%s) - SYNTH_START )) s with $(nproc) processes, $(du -sh "$SCRATCH/casia_synth" | cut -f1)._" >> "$REPORT"
+                --workers "$CORES" > "$OUT_DIR/casia-synth.log" 2>&1; then
+            echo "_CASIA-shaped data: $(( $(date +%s) - SYNTH_START )) s with $CORES processes, $(du -sh "$SCRATCH/casia_synth" | cut -f1)._" >> "$REPORT"
         else
             echo "**fskd synth --shape casia failed; last lines of casia-synth.log:**" >> "$REPORT"
             tail -n 20 "$OUT_DIR/casia-synth.log" >> "$REPORT"

@@ -252,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     if args.cudnn_benchmark and device.type != "cuda":
         parser.error("--cudnn-benchmark needs --device cuda")
+    if args.channels_last and device.type == "cpu" and args.width < 0.25:
+        # Not a measurement but a crash: heap corruption ("free(): invalid next size") in the CPU backward.
+        parser.error(f"--channels-last on the CPU needs --width >= 0.25: torch {torch.__version__}'s CPU "
+                     f"convolutions corrupt memory for channels_last iResNets narrower than that (width "
+                     f"{args.width:g})")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     quiet()

@@ -154,6 +154,22 @@ def test_gpu_script_uses_the_given_python_and_names_a_missing_package_first(tmp_
         "PYTHON=/path/to/python of the fskd environment)")
 
 
+def test_preflight_names_the_cli_requirements_of_the_dry_run(tmp_path: Path) -> None:
+    """scale.py starts `python -m fskd fit`, whose LightningCLI needs jsonargparse[signatures]. Importing scale.py
+    does not import it, so an environment without it (a PyTorch image with Lightning preinstalled) passed the
+    preflight and would have failed minutes into gpu.sh."""
+    for module in ("jsonargparse", "typeshed_client"):
+        (tmp_path / module).mkdir()
+        (tmp_path / module / "__init__.py").write_text(
+            f"raise ModuleNotFoundError(\"No module named '{module}'\", name='{module}')\n")
+    result = subprocess.run([sys.executable, "benchmarks/preflight.py", "training", "scale"], cwd=REPO,
+                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"gpu.sh: {sys.executable} cannot import {module} (needed by benchmarks/scale.py): install "
+        "'jsonargparse[signatures]'" for module in ("jsonargparse", "typeshed_client")]
+
+
 def test_streaming_table_prints_each_row_as_it_is_added() -> None:
     stream = io.StringIO()
     table = StreamingTable("Title", ["a", "b"], stream=stream)
@@ -200,6 +216,19 @@ def test_cuda_device_without_gpu_is_a_clear_error() -> None:
     with pytest.raises(SystemExit, match="--device cuda: CUDA is not available"):
         resolve_device("cuda")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_channels_last_below_quarter_width_on_the_cpu_is_refused(capsys: pytest.CaptureFixture) -> None:
+    # Found by the gpu.sh rehearsal: the variant at width 1/16 ended the whole benchmark with "free(): invalid next
+    # size" (torch's CPU channels_last convolutions), losing the rows after it.
+    from benchmarks.training import main as training_main
+
+    with pytest.raises(SystemExit) as stopped:
+        training_main(["--size", "smoke", "--channels-last", "--json", "unused.json"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f"error: --channels-last on the CPU needs --width >= 0.25: torch {torch.__version__}'s CPU convolutions "
+        "corrupt memory for channels_last iResNets narrower than that (width 0.0625)")
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
@@ -305,24 +334,79 @@ def test_proposed_training_views_refuse_random_interpolation(tiny_rec: Path) -> 
         proposed_training_views(module, torch.zeros(4, 3, 112, 112, dtype=torch.uint8), torch.zeros(4))
 
 
+REHEARSAL_SHIM = '''\
+"""gpu.sh's interpreter in the rehearsal: logs each command it is given, answers that CUDA is available, and runs
+everything else with the real interpreter, on the CPU and at a tiny size."""
+import json
+import os
+import sys
+
+args = sys.argv[1:]
+with open(os.environ["REHEARSAL_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
+if args[:1] == ["-c"] and "torch.cuda.is_available()" in args[1]:
+    sys.exit(0)
+SHRINK = {"--device": "cpu", "--batch": "2", "--rounds": "1", "--warmup": "0", "--width": "0.25",
+          "--images": "8", "--size": "smoke", "--steps": "2", "--workers": "1",
+          "--val-backbone": "iresnet18:0.0625"}  # the recipe's iResNet-50 would take 100 s over 1,200 images here
+shrunk, rest = [], iter(args)
+for arg in rest:
+    if arg == "--cudnn-benchmark":  # CUDA only: refused on the CPU
+        continue
+    shrunk += [arg, SHRINK[arg]] if arg in SHRINK and next(rest, None) is not None else [arg]
+if shrunk[:3] == ["-m", "fskd", "synth"]:
+    shrunk += ["--identities", "12", "--pairs", "20"]
+if shrunk[:1] == ["benchmarks/scale.py"]:
+    shrunk += ["--workers", "0"]
+os.execv(sys.executable, [sys.executable, *shrunk])
+'''
+
+
 @pytest.mark.slow
-def test_scale_dry_run_runs_every_stage_on_a_small_casia_shape(tmp_path: Path) -> None:
-    # The real configs through the real CLI, at a size CI affords: 12 identities with CASIA's skew, 20 pairs per
-    # set, 2 optimizer steps of 2 images, no loader workers; the resumed run must equal the uninterrupted one.
-    data = tmp_path / "casia"
-    assert subprocess.run([sys.executable, "-m", "fskd", "synth", "--out", str(data), "--shape", "casia",
-                           "--identities", "12", "--pairs", "20"], cwd=REPO, capture_output=True).returncode == 0
-    report = tmp_path / "scale.json"
-    result = subprocess.run([sys.executable, "benchmarks/scale.py", "--data", str(data), "--out",
-                             str(tmp_path / "runs"), "--steps", "2", "--batch", "2", "--accumulate", "1",
-                             "--workers", "0", "--json", str(report)],
-                            cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    results = json.loads(report.read_text())["results"]
+def test_gpu_script_rehearsal_runs_every_section_as_written(tmp_path: Path) -> None:
+    """benchmarks/gpu.sh exactly as written, on this CPU: a fake nvidia-smi, and an interpreter (PYTHON) that says
+    CUDA is there, logs every command and runs it on the CPU at a tiny size (--device cuda -> cpu, batch 2, one
+    round, 12 CASIA-shaped identities, 2 steps, a small validation backbone). Every section must finish and reach
+    the report: the script's control flow, each benchmark's acceptance of the GPU arguments, the CASIA-shaped data
+    step and the real-size dry run (resume identical to the uninterrupted run) are what a GPU machine runs first."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "rehearsal-python"
+    shim.write_text(f"#!{sys.executable}\n{REHEARSAL_SHIM}")
+    shim.chmod(0o755)
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'Rehearsal GPU (this CPU), 0 MiB, 0'\n")
+    smi.chmod(0o755)
+    log, out, scratch = tmp_path / "commands.jsonl", tmp_path / "out", tmp_path / "scratch"
+    env = dict(os.environ, PYTHON="rehearsal-python", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+               REHEARSAL_LOG=str(log), GPU_BENCH_SCRATCH=str(scratch), OMP_NUM_THREADS="1")
+    result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(out)], env=env, capture_output=True,
+                            text=True, timeout=1200)
+    report = (out / "gpu-benchmarks.md").read_text() if (out / "gpu-benchmarks.md").exists() else ""
+    assert result.returncode == 0, report[-4000:] + result.stderr[-2000:]
+    assert "FAILED" not in report and "failed" not in report
+    assert "* GPU: Rehearsal GPU (this CPU), 0 MiB, 0" in report
+    sections = [line[3:] for line in report.splitlines() if line.startswith("## ")]
+    assert sections == ["training", "training-fp16", "degradation", "evaluation", "data", "scale"]
+    for section in sections:  # each section's table reached the report and its own files
+        assert markdown_tables((out / f"{section}.md").read_text()), section
+        assert json.loads((out / f"{section}.json").read_text())["results"], section
+    assert "_CASIA-shaped data: " in report and report.rstrip().splitlines()[-1].startswith("_Total: ")
+    commands = [json.loads(line) for line in log.read_text().splitlines()]
+    scripts = {command[0]: command for command in commands if command[0].startswith("benchmarks/")}
+    assert sorted(scripts) == ["benchmarks/data.py", "benchmarks/degradation.py", "benchmarks/evaluation.py",
+                               "benchmarks/preflight.py", "benchmarks/scale.py", "benchmarks/training.py"]
+    for script in ("training", "degradation", "evaluation", "scale"):  # as written: gpu.sh asked for the GPU
+        command = scripts[f"benchmarks/{script}.py"]
+        assert command[command.index("--device") + 1] == "cuda", command
+    assert ["-m", "fskd", "synth", "--out", str(scratch / "casia_synth"), "--shape", "casia",
+            "--workers", str(len(os.sched_getaffinity(0)))] in commands
+    results = json.loads((out / "scale.json").read_text())["results"]
     assert results["teacher"]["first_batch_s"] > 0 and results["teacher"]["steady_img_s"] > 0
     assert results["teacher"]["checkpoint_bytes"] > 100e6  # iResNet-50 + the 12-way head + momentum
     assert results["resume"]["identical"], results["resume"]["detail"]
     assert results["F-SKD student (14 px)"]["steady_img_s"] > 0
     assert results["validation"]["loop_seconds"] > 0 and results["forward"]["img_s"] > 0
     assert results["positives"]["images"] == 561
-    assert "| full validation |" in result.stdout and "| resume (last step) |" in result.stdout
+    assert "| full validation |" in report and "| resume (last step) |" in report
+    assert not list(out.rglob("*.ckpt")) and not (out / "casia_synth").exists()  # data and runs stay in scratch
