@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu.sh [OUT_DIR]          # default OUT_DIR: $OUT if set, else benchmarks/results
 #   GPU_BENCH_COMPILE=1 bash benchmarks/gpu.sh   # also torch.compile (adds a few minutes of compilation)
 #   PYTHON=python3.11 bash benchmarks/gpu.sh     # any interpreter: a path or a command on PATH
+#   GPU_BENCH_ONLY="evaluation scale" bash benchmarks/gpu.sh   # only these sections (labels as in the report)
 #
 # Writes OUT_DIR/gpu-benchmarks.md (machine + one table per benchmark) and, per benchmark, NAME.json/.md/.log.
 # Teacher and F-SKD student step img/s (bf16, and fp16 with a GradScaler / Lightning 16-mixed), the estimated
@@ -17,6 +18,16 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+LABELS="training training-fp16 degradation evaluation data scale"
+ONLY=${GPU_BENCH_ONLY:-$LABELS}
+for label in $ONLY; do
+    if [[ " $LABELS " != *" $label "* ]]; then
+        echo "gpu.sh: GPU_BENCH_ONLY names '$label', which is not a section (sections: $LABELS)" >&2
+        exit 2
+    fi
+done
+# selected LABEL: whether GPU_BENCH_ONLY (default: every section) asks for this section.
+selected() { [[ " $ONLY " == *" $1 "* ]]; }
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
@@ -29,7 +40,9 @@ fi
 PYTHON=$RESOLVED
 echo "gpu.sh: using $PYTHON" >&2
 # Every import the benchmarks need, checked before anything runs (not minutes later, in the middle of the report).
-if ! "$PYTHON" benchmarks/preflight.py training degradation evaluation data scale; then
+SCRIPTS=$(for label in $ONLY; do echo "${label%-fp16}"; done | sort -u | tr '\n' ' ')
+# shellcheck disable=SC2086  # one word per script
+if ! "$PYTHON" benchmarks/preflight.py $SCRIPTS; then
     echo "gpu.sh: nothing was run; install the missing packages into that environment, or set PYTHON" >&2
     exit 2
 fi
@@ -70,6 +83,7 @@ START=$(date +%s)
 run() {
     local label=$1 script=$2 limit=$3
     shift 3
+    selected "$label" || return 0
     echo "gpu.sh: $label (at most ${limit}s) ..." >&2
     {
         echo "## $label"
@@ -119,7 +133,7 @@ run data data 75 --size small
 # 1.9 GB, about a minute on 16 cores), then the real teacher and F-SKD recipes at batch 256 on the GPU, a resume
 # that must reach the uninterrupted run's state, and one full validation with the recipe's iResNet-50. The data
 # and the runs' checkpoints go to a scratch folder, never into OUT_DIR. GPU_BENCH_SCALE=0 skips it.
-if [[ "${GPU_BENCH_SCALE:-1}" == 1 ]]; then
+if [[ "${GPU_BENCH_SCALE:-1}" == 1 ]] && selected scale; then
     SCRATCH=${GPU_BENCH_SCRATCH:-${TMPDIR:-/tmp}/fskd-gpu-bench}
     mkdir -p "$SCRATCH"
     if [[ ! -f "$SCRATCH/casia_synth/synthetic.json" ]]; then

@@ -362,13 +362,9 @@ os.execv(sys.executable, [sys.executable, *shrunk])
 '''
 
 
-@pytest.mark.slow
-def test_gpu_script_rehearsal_runs_every_section_as_written(tmp_path: Path) -> None:
-    """benchmarks/gpu.sh exactly as written, on this CPU: a fake nvidia-smi, and an interpreter (PYTHON) that says
-    CUDA is there, logs every command and runs it on the CPU at a tiny size (--device cuda -> cpu, batch 2, one
-    round, 12 CASIA-shaped identities, 2 steps, a small validation backbone). Every section must finish and reach
-    the report: the script's control flow, each benchmark's acceptance of the GPU arguments, the CASIA-shaped data
-    step and the real-size dry run (resume identical to the uninterrupted run) are what a GPU machine runs first."""
+def rehearsal_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a gpu.sh rehearsal in ``tmp_path``: bin/ (the stand-in interpreter and nvidia-smi)
+    first on PATH, commands logged to commands.jsonl, the scratch folder scratch/."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "rehearsal-python"
@@ -377,9 +373,39 @@ def test_gpu_script_rehearsal_runs_every_section_as_written(tmp_path: Path) -> N
     smi = bin_dir / "nvidia-smi"
     smi.write_text("#!/bin/sh\necho 'Rehearsal GPU (this CPU), 0 MiB, 0'\n")
     smi.chmod(0o755)
+    return dict(os.environ, PYTHON="rehearsal-python", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+                REHEARSAL_LOG=str(tmp_path / "commands.jsonl"), GPU_BENCH_SCRATCH=str(tmp_path / "scratch"),
+                OMP_NUM_THREADS="1")
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_only_the_sections_asked_for(tmp_path: Path) -> None:
+    env = dict(rehearsal_env(tmp_path), GPU_BENCH_ONLY="degradation")
+    result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(tmp_path / "out")], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = (tmp_path / "out" / "gpu-benchmarks.md").read_text()
+    assert [line for line in report.splitlines() if line.startswith("## ")] == ["## degradation"]
+    commands = [json.loads(line) for line in (tmp_path / "commands.jsonl").read_text().splitlines()]
+    assert ["benchmarks/preflight.py", "degradation"] in commands  # only what the chosen section imports
+    assert not any("synth" in command for command in commands) and not (tmp_path / "scratch").exists()
+    wrong = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(tmp_path / "out2")], timeout=60,
+                           env=dict(env, GPU_BENCH_ONLY="scale evaluaton"), capture_output=True, text=True)
+    assert wrong.returncode == 2 and wrong.stderr.splitlines() == [
+        "gpu.sh: GPU_BENCH_ONLY names 'evaluaton', which is not a section (sections: training training-fp16 "
+        "degradation evaluation data scale)"]
+    assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.slow
+def test_gpu_script_rehearsal_runs_every_section_as_written(tmp_path: Path) -> None:
+    """benchmarks/gpu.sh exactly as written, on this CPU: a fake nvidia-smi, and an interpreter (PYTHON) that says
+    CUDA is there, logs every command and runs it on the CPU at a tiny size (--device cuda -> cpu, batch 2, one
+    round, 12 CASIA-shaped identities, 2 steps, a small validation backbone). Every section must finish and reach
+    the report: the script's control flow, each benchmark's acceptance of the GPU arguments, the CASIA-shaped data
+    step and the real-size dry run (resume identical to the uninterrupted run) are what a GPU machine runs first."""
+    env = rehearsal_env(tmp_path)
     log, out, scratch = tmp_path / "commands.jsonl", tmp_path / "out", tmp_path / "scratch"
-    env = dict(os.environ, PYTHON="rehearsal-python", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-               REHEARSAL_LOG=str(log), GPU_BENCH_SCRATCH=str(scratch), OMP_NUM_THREADS="1")
     result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(out)], env=env, capture_output=True,
                             text=True, timeout=1200)
     report = (out / "gpu-benchmarks.md").read_text() if (out / "gpu-benchmarks.md").exists() else ""
