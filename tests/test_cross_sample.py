@@ -21,6 +21,7 @@ from fskd.data.positives import (
     build_positive_table,
     dataset_labels,
     file_fingerprint,
+    index_dtype,
     labels_hash,
     load_positives,
     positives_path,
@@ -159,7 +160,7 @@ def test_table_from_hand_made_embeddings() -> None:
     # 5 is the only image of identity 2; never the image itself.
     assert _as_lists(table) == [[1], [0, 6], [], [], [], [], [1]]
     assert table.offsets.tolist() == [0, 1, 3, 3, 3, 3, 3, 4]
-    assert table.offsets.dtype == table.candidates.dtype == np.int64
+    assert table.offsets.dtype == np.int64 and table.candidates.dtype == np.int32  # half the bytes of int64
     assert _as_lists(build_positive_table(embeddings, labels, cross_margin=0.6)) == [[], [6], [], [], [], [], [1]]
     assert _as_lists(build_positive_table(embeddings, labels, cross_margin=-1.0)) == \
         [[1, 6], [0, 2, 6], [1, 6], [], [], [], [0, 1, 2]]  # cos(0, 2) = -1 is not above -1
@@ -226,6 +227,26 @@ def test_file_round_trip_and_staleness(tmp_path: Path) -> None:
                                                                           file_fingerprint(teacher)))
     path.write_bytes(b"garbage")
     assert "unreadable" in stale_reason(path, key)
+
+
+def test_files_with_int64_candidates_still_load(tmp_path: Path) -> None:
+    # Files written before the candidates became int32 hold int64 ones: same table, no re-mining.
+    embeddings, labels = _hand_made()
+    table = build_positive_table(embeddings, labels, cross_margin=-1.0)
+    key = PositiveKey(len(labels), labels_hash(labels), -1.0, "1:00")
+    older = PositiveTable.__new__(PositiveTable)
+    object.__setattr__(older, "offsets", table.offsets)
+    object.__setattr__(older, "candidates", table.candidates.astype(np.int64))
+    save_positives(tmp_path / "old.positives.npz", older, key)
+    with np.load(tmp_path / "old.positives.npz") as stored:
+        assert stored["candidates"].dtype == np.int64
+    loaded, stored_key = load_positives(tmp_path / "old.positives.npz")
+    assert stored_key == key and loaded.candidates.dtype == np.int32 and _as_lists(loaded) == _as_lists(table)
+    assert [loaded.draw(6, seed=0, epoch=e) for e in range(20)] == [table.draw(6, seed=0, epoch=e) for e in range(20)]
+
+
+def test_index_dtype_widens_only_past_int32() -> None:
+    assert index_dtype(2**31) == np.int32 and index_dtype(2**31 + 1) == np.int64
 
 
 class _Images(torch.utils.data.Dataset):

@@ -44,13 +44,19 @@ DRAW_STREAM = 2
 ROW_CHUNK = 4096
 
 
+def index_dtype(count: int) -> np.dtype:
+    """The narrowest of int32/int64 that holds every index in ``[0, count)``."""
+    return np.dtype(np.int32 if count <= np.iinfo(np.int32).max + 1 else np.int64)
+
+
 @dataclass(frozen=True, eq=False)
 class PositiveTable:
     """Candidates per training image, CSR over global dataset indices.
 
     Args:
         offsets: int64 (N + 1,), non-decreasing, ``offsets[0] == 0`` and ``offsets[-1] == len(candidates)``.
-        candidates: int64, each in ``[0, N)``.
+        candidates: integers, each in ``[0, N)``; kept as `index_dtype` (N), int32 for any real training set
+            (every rank holds the table: CASIA-WebFace's can reach 60 M candidates, 456 MiB in int64).
     """
 
     offsets: np.ndarray
@@ -68,7 +74,7 @@ class PositiveTable:
         if candidates.size and (candidates.min() < 0 or candidates.max() >= count):
             raise ValueError(f"candidates must be indices in [0, {count})")
         object.__setattr__(self, "offsets", offsets.astype(np.int64, copy=False))
-        object.__setattr__(self, "candidates", candidates.astype(np.int64, copy=False))
+        object.__setattr__(self, "candidates", candidates.astype(index_dtype(count), copy=False))
 
     def __len__(self) -> int:
         """Number of training images the table covers."""
@@ -178,7 +184,7 @@ def build_positive_table(embeddings: np.ndarray | torch.Tensor, labels: np.ndarr
         chosen.append((members, accepted))
     offsets = np.zeros(count + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    candidates = np.empty(int(offsets[-1]), dtype=np.int64)
+    candidates = np.empty(int(offsets[-1]), dtype=index_dtype(count))
     for members, accepted in chosen:
         rows, columns = np.nonzero(accepted)  # row-major: each row's candidates in increasing index order
         if rows.size == 0:
