@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fskd.data.degrade import MODES, Degradation, DegradationPlan, degrade_fixed, parse_policy
 
@@ -48,6 +49,26 @@ def test_degradation_really_removes_detail() -> None:
             assert out.shape == x.shape
             assert not torch.allclose(out, x)
             assert out.min() >= -1.0 - 1e-6 and out.max() <= 1.0 + 1e-6
+
+
+def test_every_pair_of_modes_stays_in_range_and_bicubic_steps_are_clamped() -> None:
+    # Black/white noise is the worst case for bicubic overshoot. Before, only a bicubic *up* step was clamped:
+    # bicubic down then nearest/bilinear/area up gave values to about -1.84 / +1.76.
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 2, (4, 3, 112, 112), generator=generator).float() * 2 - 1
+    for down in MODES:
+        for up in MODES:
+            out = degrade_fixed(x, 14, down, up)
+            assert out.min() >= -1.0 and out.max() <= 1.0, (down, up)
+            low = F.interpolate(x, size=(14, 14), mode=down, **({"align_corners": False} if down in
+                                                                 ("bilinear", "bicubic") else {}))
+            if down == "bicubic":
+                low = low.clamp(-1, 1)
+            expected = F.interpolate(low, size=(112, 112), mode=up, **({"align_corners": False} if up in
+                                                                       ("bilinear", "bicubic") else {}))
+            if up == "bicubic":
+                expected = expected.clamp(-1, 1)
+            assert torch.equal(out, expected), (down, up)
 
 
 def test_policy_parsing() -> None:
