@@ -167,3 +167,35 @@ def test_two_process_gloo_gives_identical_values_on_both_ranks(tmp_path):
     expected = expected_values(embeddings, flipped, np.asarray(issame), folds=script.FOLDS)
     assert records[0]["values"] == expected
     assert records[1]["values"] == expected
+
+
+def test_a_module_validated_with_another_datamodule_scores_that_datamodules_loaders(tiny_root: Path) -> None:
+    # Found by review: the metrics were rebuilt only when the number of loaders changed, so the same module
+    # validated again with as many loaders in another order logged agedb_30's accuracy under lfw's name.
+    import lightning as L
+
+    from fskd.data.datamodule import FaceDataModule
+    from fskd.systems.base import FaceRecognitionModule
+
+    def datamodule(sets: list[str], resolutions: list[int]) -> FaceDataModule:
+        return FaceDataModule(str(tiny_root), batch_size=8, num_workers=0, val_sets=sets,
+                              val_resolutions=resolutions, val_batch_size=16, pin_memory=False)
+
+    def accuracies(module: FaceRecognitionModule, data: FaceDataModule) -> dict[str, float]:
+        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, enable_checkpointing=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.validate(module, datamodule=data, verbose=False)
+        return {k: float(v) for k, v in trainer.callback_metrics.items() if k.endswith("/acc")}
+
+    torch.manual_seed(0)
+    module = FaceRecognitionModule(num_classes=10, backbone="iresnet18", width=1 / 16, embedding_size=32)
+    fresh = FaceRecognitionModule(num_classes=10, backbone="iresnet18", width=1 / 16, embedding_size=32)
+    fresh.load_state_dict(module.state_dict())
+    accuracies(module, datamodule(["agedb_30", "lfw"], [112, 14]))
+    again = accuracies(module, datamodule(["lfw", "agedb_30"], [14, 112]))
+    expected = accuracies(fresh, datamodule(["lfw", "agedb_30"], [14, 112]))
+    assert len(expected) == 4 and again == expected
+    assert [(spec.name, spec.resolution) for spec in module.val_specs] == [
+        ("lfw", 14), ("lfw", 112), ("agedb_30", 14), ("agedb_30", 112)]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +43,14 @@ class NonFiniteLossError(FloatingPointError):
     def __init__(self, message: str, state: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.state = state
+
+
+def _same_specs(first: list, second: list) -> bool:
+    """Whether two lists of evaluation loaders (`fskd.data.datamodule.EvalSpec`) are the same loaders: set,
+    resolution, cross-resolution flag and pair labels, in order."""
+    return len(first) == len(second) and all(
+        (a.name, a.resolution, a.cross) == (b.name, b.resolution, b.cross) and np.array_equal(a.issame, b.issame)
+        for a, b in zip(first, second, strict=True))
 
 
 class FaceRecognitionModule(L.LightningModule):
@@ -278,7 +287,10 @@ class FaceRecognitionModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         specs = list(getattr(datamodule, "val_specs", []) or [])
-        if specs and len(self.val_metrics) != len(specs):
+        # Rebuilt whenever the loaders differ, not only in number: a module validated again with another
+        # datamodule of as many loaders kept the first one's names and pair labels, and logged each set's
+        # accuracy under another set's name.
+        if specs and not _same_specs(specs, self.val_specs):
             self.val_specs = specs
             self.val_metrics = nn.ModuleList(
                 VerificationMetric(spec.issame, protocols=tuple(self.hparams.protocols)) for spec in specs
