@@ -199,3 +199,37 @@ def test_a_module_validated_with_another_datamodule_scores_that_datamodules_load
     assert len(expected) == 4 and again == expected
     assert [(spec.name, spec.resolution) for spec in module.val_specs] == [
         ("lfw", 14), ("lfw", 112), ("agedb_30", 14), ("agedb_30", 112)]
+
+
+def test_evaluation_embeds_in_float32_under_mixed_precision(tiny_root: Path) -> None:
+    # With bf16 autocast a real MobileFaceNet's embeddings moved by 1.5-2 % and accuracies by up to 0.75 points at
+    # 14 px (docs/reliability.md): validation, test and predict now leave the trainer's autocast (eval_fp32).
+    import lightning as L
+
+    from fskd.data.datamodule import FaceDataModule
+    from fskd.systems.base import FaceRecognitionModule
+
+    torch.manual_seed(0)
+    module = FaceRecognitionModule(num_classes=10, backbone="iresnet18", width=1 / 16, embedding_size=32).eval()
+    images = torch.rand(6, 3, 112, 112) * 2 - 1
+    batch = {"image": images, "index": torch.arange(6)}
+    with torch.no_grad():
+        reference = module(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert module(images).dtype == torch.bfloat16  # what evaluation used before
+            assert torch.equal(module.predict_step(batch, 0)["embedding"], reference)
+            module.hparams.eval_fp32 = False
+            assert not torch.allclose(module.predict_step(batch, 0)["embedding"], reference, atol=1e-4)
+    module.hparams.eval_fp32 = True
+
+    def accuracies(precision: str) -> dict[str, float]:
+        data = FaceDataModule(str(tiny_root), batch_size=8, num_workers=0, val_sets=["agedb_30", "lfw"],
+                              val_resolutions=[112, 14], val_batch_size=16, pin_memory=False)
+        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, enable_checkpointing=False, precision=precision)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.validate(module, datamodule=data, verbose=False)
+        return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+    assert accuracies("bf16-mixed") == accuracies("32-true")

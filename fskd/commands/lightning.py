@@ -182,11 +182,11 @@ class FskdArgumentParser(LightningArgumentParser):
 
 # -- truthful resumes -------------------------------------------------------------------------------------------
 #: Model hyper-parameters that a resumed fit takes from the command (it applies them and records them): checks,
-#: validation protocols, speed options and where the teacher and the positives are read from. Every other
+#: validation protocols and precision, speed options and where the teacher and the positives are read from. Every other
 #: one is fixed by what the checkpoint restores (weights, optimizer and schedule state, loss modules).
 APPLIED_ON_RESUME = frozenset({"protocols", "check_finite_loss", "sync_every", "check_labels", "channels_last",
                                "compile", "teacher_ckpt", "positives_path", "save_teacher",
-                               "allow_student_teacher"})
+                               "allow_student_teacher", "eval_fp32"})
 
 
 def _comparable(value: Any) -> Any:
