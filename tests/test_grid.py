@@ -4,6 +4,7 @@ test-sized run through the real CLI that resumes per model."""
 from __future__ import annotations
 
 import csv
+import json
 import socket
 import subprocess
 import sys
@@ -153,3 +154,28 @@ def test_processes_sharing_an_out_folder_never_train_the_same_model(tmp_path: Pa
     trained.clear()
     grid.run(todo, said.append)  # the holder died: its claims are taken over
     assert "teacher_112_seed0" in trained and "base_14_seed0" in trained
+
+
+def test_a_finished_fit_is_found_from_another_place_but_not_with_another_config(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    # Found re-scoring the grid from a git worktree: the package's recipe had another absolute path there, so
+    # every finished model looked like a fit with other arguments and was set aside to be trained again.
+    from fskd.commands.fits import fit_is_done, record_fit
+
+    monkeypatch.chdir(tmp_path)
+    for place in ("env1", "env2"):
+        (tmp_path / place).mkdir()
+        (tmp_path / place / "recipe.yaml").write_text("trainer:\n  max_steps: 200\n")
+    folder = tmp_path / "runs" / "model"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    logger = json.dumps([{"class_path": "CSVLogger", "init_args": {"save_dir": "runs/model"}}])
+    record_fit(folder, ["fit", "--config", str(tmp_path / "env1" / "recipe.yaml"), "--data.root", "runs",
+                        "--trainer.logger", logger, "--data.val_resolutions", "[112, 14]", "--model.x", ""])
+    absolute_logger = json.dumps([{"class_path": "CSVLogger", "init_args": {"save_dir": str(folder)}}])
+    moved = ["fit", "--config", str(tmp_path / "env2" / "recipe.yaml"), "--data.root", str(tmp_path / "runs"),
+             "--trainer.logger", absolute_logger, "--data.val_resolutions", "[112, 14]", "--model.x", ""]
+    assert fit_is_done(folder, moved)
+    (tmp_path / "env2" / "recipe.yaml").write_text("trainer:\n  max_steps: 300\n")  # really another recipe
+    assert not fit_is_done(folder, moved)
+    assert not fit_is_done(folder, [*moved[:-3], "[112, 28]", "--model.x", ""])

@@ -5,7 +5,9 @@ and the options those commands share (``--workers``, ``--threads``, ``--synth``)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -16,10 +18,44 @@ FIT_MARKER = "fit_done.json"
 
 
 def fit_is_done(folder: Path, args: Sequence[str]) -> bool:
-    """A finished fit with exactly these arguments is in ``folder`` (its marker and its ``last.ckpt``)."""
+    """A finished fit with these arguments is in ``folder`` (its marker and its ``last.ckpt``). Arguments are
+    compared by what they mean (`comparable_args`), so the same fit named from another place (the package's
+    configs in another environment, ``--out`` given as an absolute path) is still found."""
     marker = folder / FIT_MARKER
-    return (marker.is_file() and (folder / "checkpoints" / "last.ckpt").is_file()
-            and json.loads(marker.read_text()).get("args") == list(args))
+    if not (marker.is_file() and (folder / "checkpoints" / "last.ckpt").is_file()):
+        return False
+    recorded = json.loads(marker.read_text()).get("args")
+    return isinstance(recorded, list) and comparable_args(recorded) == comparable_args(args)
+
+
+def comparable_args(args: Sequence[str]) -> list[str]:
+    """``args`` with the values that name one thing in several ways written one way: a ``--config`` file as the
+    SHA-256 of its content (the package's own configs move with the environment: before, a reinstalled or moved
+    package made every finished fit look different, and each was set aside and trained again); any other
+    existing path, also inside a JSON value, as its real absolute path."""
+    comparable, previous = [], None
+    for arg in args:
+        if previous == "--config" and Path(arg).is_file():
+            comparable.append("config sha256:" + hashlib.sha256(Path(arg).read_bytes()).hexdigest())
+        elif arg[:1] and arg[:1] in "[{":
+            try:
+                comparable.append(json.dumps(_real_paths(json.loads(arg)), sort_keys=True))
+            except ValueError:
+                comparable.append(arg)
+        else:
+            comparable.append(_real_paths(arg))
+        previous = arg
+    return comparable
+
+
+def _real_paths(value: Any) -> Any:
+    if isinstance(value, str):
+        return os.path.realpath(value) if value and os.path.exists(value) else value
+    if isinstance(value, list):
+        return [_real_paths(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _real_paths(item) for key, item in value.items()}
+    return value
 
 
 def set_aside(folder: Path) -> Path:
