@@ -71,7 +71,8 @@ def main(argv: Sequence[str]) -> int:
               f"seed 0{', ' + str(synth) if synth else ', SynthConfig defaults'}); {preset.pairs} pairs per "
               "verification set (10 folds)",
               f"* budgets: teachers {preset.teacher_steps} steps, students {preset.student_steps} steps (recipe: "
-              "the demo's recipe.yaml, iResNet-18 at 1/8 width, batch 64, bf16, CosFace s 30 m 0.25, lr 0.1 /10 "
+              "the demo's recipe.yaml, iResNet-18 at 1/8 width, batch 64, bf16 training and float32 evaluation, "
+              "CosFace s 30 m 0.25, lr 0.1 /10 "
               "at 60 % and 85 %)",
               f"* rows: {grid.results} (stamp {grid.stamp})"]
     (grid.out / "results.md").write_text(markdown(rows, header))
