@@ -40,7 +40,7 @@ fi
 PYTHON=$RESOLVED
 echo "gpu.sh: using $PYTHON" >&2
 # Every import the benchmarks need, checked before anything runs (not minutes later, in the middle of the report).
-SCRIPTS=$(for label in $ONLY; do echo "${label%-fp16}"; done | sort -u | tr '\n' ' ')
+SCRIPTS=$(for label in $ONLY; do echo "${label%-fp16}"; done | awk '!seen[$0]++' | tr '\n' ' ')  # in run order
 # shellcheck disable=SC2086  # one word per script
 if ! "$PYTHON" benchmarks/preflight.py $SCRIPTS; then
     echo "gpu.sh: nothing was run; install the missing packages into that environment, or set PYTHON" >&2
