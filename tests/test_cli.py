@@ -176,9 +176,9 @@ def test_predict_writes_embeddings_of_a_rec_file(tiny_teacher_ckpt: Path, synth_
     backbone = load_backbone(tiny_teacher_ckpt)
     records = RecordFaceDataset(synth_root / "train.rec", synth_root / "train.idx")
     images = torch.stack([records[i]["image"] for i in (0, 399)])
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        expected = backbone(degrade_fixed(normalize(images), 14)).embedding.float()
-    np.testing.assert_allclose(embeddings[[0, 399]], expected.numpy(), rtol=0.05, atol=0.05)
+    with torch.no_grad():  # float32, although the config trains in bf16-mixed (eval_fp32)
+        expected = backbone(degrade_fixed(normalize(images), 14)).embedding
+    np.testing.assert_allclose(embeddings[[0, 399]], expected.numpy(), rtol=1e-4, atol=1e-3)
 
 
 def test_validation_holds_the_features_of_one_set_and_resolution_at_a_time(tiny_root: Path, tmp_path: Path,

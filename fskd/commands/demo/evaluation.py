@@ -40,7 +40,8 @@ def _decoded(dataset: Any) -> torch.Tensor:
 
 def pair_score_table(checkpoint: str | os.PathLike, datamodule: Any, bf16: bool,
                      batch_size: int = 200) -> tuple[dict[tuple[str, int], np.ndarray], dict[str, float]]:
-    """Per (set, resolution) of the DataModule's evaluation specs: cosine score of every pair.
+    """Per (set, resolution) of the DataModule's evaluation specs: cosine score of every pair, embedded under
+    bf16 autocast when ``bf16`` (as the validate run embedded: see `FaceRecognitionModule`'s ``eval_fp32``).
 
     The backbone comes from ``checkpoint`` (`load_backbone`); images go through the DataModule's own
     `evaluation_views` (so exactly the validation degradation), image and flip embeddings are summed
@@ -113,7 +114,8 @@ def run_evaluation(validate: list[str], checkpoint: Path, seed: int, model: str,
     metrics = cli.trainer.callback_metrics
     rows = rows_from_metrics(metrics, seed, model, sets, resolutions)
     issame = {s.name: np.asarray(s.issame, dtype=bool) for s in specs}
-    bf16 = "bf16" in str(cli.trainer.precision)
+    # As the validate run embedded: under bf16 autocast only if the model evaluates in the trainer's precision.
+    bf16 = "bf16" in str(cli.trainer.precision) and not cli.model.hparams.get("eval_fp32", True)
     scores, accuracies = pair_score_table(checkpoint, datamodule, bf16, batch_size=datamodule.val_batch_size)
     checks = {key: abs(float(metrics[f"val/{key}/insightface_acc"]) - value)
               for key, value in accuracies.items()}
