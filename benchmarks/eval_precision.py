@@ -25,24 +25,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from fskd.data.degrade import degrade_fixed  # noqa: E402
-from fskd.data.images import normalize  # noqa: E402
+from fskd.commands.realfaces.scoring import embed  # noqa: E402
 from fskd.data.real_faces import face_112, list_orl, list_yale, verification_pairs  # noqa: E402
 from fskd.evaluation.verification import evaluate_pairs  # noqa: E402
 from fskd.models.loading import load_backbone  # noqa: E402
 
 
-@torch.no_grad()
 def embeddings(model: torch.nn.Module, faces: torch.Tensor, resolution: int, bf16: bool,
                batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of the degraded faces and of their mirror images, float32 or under bf16 autocast."""
-    plain, mirrored = [], []
+    """`fskd.commands.realfaces.scoring.embed` (the faces degraded as validation, and their mirror images), in
+    float32 or under bf16 autocast."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for start in range(0, faces.shape[0], batch):
-            views = degrade_fixed(normalize(faces[start:start + batch]), resolution, "nearest")
-            plain.append(model(views).embedding.float())
-            mirrored.append(model(views.flip(-1)).embedding.float())
-    return torch.cat(plain).numpy(), torch.cat(mirrored).numpy()
+        return embed(model, faces, resolution, batch_size=batch)
 
 
 def main(argv: list[str] | None = None) -> int:
