@@ -87,8 +87,8 @@ class FaceRecognitionModule(L.LightningModule):
             (``bf16-mixed``/``16-mixed`` autocast), so that accuracies do not depend on the training precision
             and compare with fp32 evaluations elsewhere. Measured with a real MobileFaceNet on ORL and Extended
             Yale B: bf16 autocast moves embeddings by 1.5-2 % and verification accuracies by up to 0.75 points
-            at 14 px (docs/reliability.md). ``False`` embeds under the trainer's autocast (faster on a GPU).
-            True-half precisions (``bf16-true``) are left as they are.
+            at 14 px (docs/reliability.md). ``False`` embeds under the trainer's autocast (faster: 2.0-2.6x for
+            tiny iResNet-18s on a 2-core CPU). True-half precisions (``bf16-true``) are left as they are.
         channels_last, fused_optimizer, compile: GPU speed options, off by default (docs/benchmarks.md has
             what each was measured to give). ``channels_last`` stores the convolution weights and inputs
             NHWC; ``fused_optimizer`` uses SGD's fused kernel (``torch.optim.SGD(fused=True)``); ``compile``
